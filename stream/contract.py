@@ -1,0 +1,141 @@
+"""The input/output contract an emotion model carries in its ONNX metadata.
+
+A classifier ONNX file is self-describing: one metadata entry, key
+:data:`CONTRACT_KEY`, holds a JSON object that says how to turn a face crop
+into the model's input and how to read its output. The stream reads it, so a
+model exported by ``training/`` (or anyone else) drops in with ``--model``.
+
+JSON layout (version 1)::
+
+    {
+      "version": 1,
+      "labels": ["angry", "disgust", ...],   # output order
+      "input_size_wh": [64, 64],             # crop is resized to this
+      "color": "gray",                       # "gray" (1 channel), "rgb" or "bgr" (3)
+      "layout": "NHWC",                      # or "NCHW"
+      "normalize": {"scale": 0.00784, "offset": -1.0},  # x = uint8 * scale + offset
+      "crop_margin": 0.15,                   # square face crop grown by this share of
+                                             # its side on every edge
+      "output": "probabilities"              # or "logits" (softmax applied by the reader)
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from stream.errors import ModelError
+
+__all__ = ["CONTRACT_KEY", "FER2013_LABELS", "ModelContract"]
+
+CONTRACT_KEY = "emostream.contract"
+
+#: FER2013's label order (the ``emotion`` column's 0..6).
+FER2013_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+Color = Literal["gray", "rgb", "bgr"]
+Layout = Literal["NHWC", "NCHW"]
+OutputKind = Literal["probabilities", "logits"]
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """How to feed an emotion classifier and read its output.
+
+    Attributes:
+        labels: Class names in the order of the model's output.
+        input_size_wh: Width and height of the model input in pixels.
+        color: ``gray`` (one channel) or ``rgb`` / ``bgr`` (three channels).
+        layout: ``NHWC`` or ``NCHW``.
+        normalize_scale: Input value is ``uint8 * scale + offset``.
+        normalize_offset: See ``normalize_scale``.
+        crop_margin: The square face crop grows by this share of its side on each edge.
+        output: ``probabilities`` (softmax inside the model) or ``logits``.
+    """
+
+    labels: tuple[str, ...]
+    input_size_wh: tuple[int, int]
+    color: Color = "gray"
+    layout: Layout = "NHWC"
+    normalize_scale: float = 1.0 / 255.0
+    normalize_offset: float = 0.0
+    crop_margin: float = 0.0
+    output: OutputKind = "probabilities"
+    version: int = field(default=1)
+
+    @property
+    def channels(self) -> int:
+        """Number of input channels (1 for gray, 3 for colour)."""
+        return 1 if self.color == "gray" else 3
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """Input shape without the batch axis, in the contract's layout."""
+        w, h = self.input_size_wh
+        return (h, w, self.channels) if self.layout == "NHWC" else (self.channels, h, w)
+
+    def to_json(self) -> str:
+        """Serialise to the JSON stored under :data:`CONTRACT_KEY`."""
+        data: dict[str, Any] = asdict(self)
+        data["labels"] = list(self.labels)
+        data["input_size_wh"] = list(self.input_size_wh)
+        data["normalize"] = {"scale": data.pop("normalize_scale"), "offset": data.pop("normalize_offset")}
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, origin: str = "model") -> ModelContract:
+        """Parse and validate the JSON stored under :data:`CONTRACT_KEY`.
+
+        Raises:
+            ModelError: The JSON is malformed or a field is missing or invalid.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ModelError(f"{origin}: contract metadata is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ModelError(f"{origin}: contract metadata must be a JSON object")
+        try:
+            version = int(data.get("version", 1))
+            if version != 1:
+                raise ValueError(f"unsupported contract version {version}")
+            labels = tuple(str(x) for x in data["labels"])
+            size = tuple(int(x) for x in data["input_size_wh"])
+            norm = data.get("normalize", {})
+            contract = cls(
+                labels=labels,
+                input_size_wh=(size[0], size[1]) if len(size) == 2 else (0, 0),
+                color=data.get("color", "gray"),
+                layout=data.get("layout", "NHWC"),
+                normalize_scale=float(norm.get("scale", 1.0 / 255.0)),
+                normalize_offset=float(norm.get("offset", 0.0)),
+                crop_margin=float(data.get("crop_margin", 0.0)),
+                output=data.get("output", "probabilities"),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelError(f"{origin}: contract metadata is invalid: {err!r}") from err
+        contract.validate(origin)
+        return contract
+
+    def validate(self, origin: str = "model") -> None:
+        """Check field values.
+
+        Raises:
+            ModelError: A field is out of range.
+        """
+        problems = []
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            problems.append(f"labels must be 2+ distinct names, got {list(self.labels)}")
+        if len(self.input_size_wh) != 2 or min(self.input_size_wh) < 8:
+            problems.append(f"input_size_wh must be two sizes >= 8, got {list(self.input_size_wh)}")
+        if self.color not in ("gray", "rgb", "bgr"):
+            problems.append(f"color must be gray, rgb or bgr, got {self.color!r}")
+        if self.layout not in ("NHWC", "NCHW"):
+            problems.append(f"layout must be NHWC or NCHW, got {self.layout!r}")
+        if self.output not in ("probabilities", "logits"):
+            problems.append(f"output must be probabilities or logits, got {self.output!r}")
+        if not 0.0 <= self.crop_margin <= 1.0:
+            problems.append(f"crop_margin must be in [0, 1], got {self.crop_margin}")
+        if problems:
+            raise ModelError(f"{origin}: contract metadata is invalid: " + "; ".join(problems))
