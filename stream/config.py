@@ -20,12 +20,12 @@ import yaml
 from stream.errors import ConfigError
 
 __all__ = [
+    "REPO_ROOT",
     "CaptureConfig",
     "ClassifierConfig",
     "Config",
     "DetectorConfig",
     "OutputConfig",
-    "REPO_ROOT",
     "RuntimeConfig",
     "TrackingConfig",
     "TrainingConfig",

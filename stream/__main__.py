@@ -1,0 +1,7 @@
+"""``python -m stream`` runs the emostream command line."""
+
+import sys
+
+from stream.cli import main
+
+sys.exit(main())

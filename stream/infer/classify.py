@@ -1,0 +1,125 @@
+"""Emotion classification of face crops, batched, driven by the model's own contract."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from stream.contract import CONTRACT_KEY, ModelContract
+from stream.errors import ModelError
+from stream.infer.session import create_session
+
+__all__ = ["EmotionClassifier", "crop_faces"]
+
+
+def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract: ModelContract
+               ) -> list[np.ndarray]:
+    """Cut each face as the model expects: a square around the box grown by the margin.
+
+    One affine warp per face does the crop and the resize together; pixels beyond the
+    frame edge repeat the edge, so a face cut by the border still fills the crop.
+
+    Returns:
+        uint8 crops of the contract's size, HxW (gray) or HxWx3 in the contract's colour order.
+    """
+    out_w, out_h = contract.input_size_wh
+    crops = []
+    for box in boxes_xyxy:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+        side = max(x2 - x1, y2 - y1, 1.0) * (1.0 + 2.0 * contract.crop_margin)
+        s = out_w / side  # same scale on both axes: a non-square input gets a taller/wider crop
+        left, top = cx - side / 2.0, cy - side * out_h / out_w / 2.0
+        # Pixel centres map as in cv2.resize of the crop: dst + 0.5 = (src + 0.5 - left) * s.
+        warp = np.array([[s, 0.0, (0.5 - left) * s - 0.5], [0.0, s, (0.5 - top) * s - 0.5]], np.float32)
+        crop = cv2.warpAffine(image_bgr, warp, (out_w, out_h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        if contract.color == "gray":
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+        elif contract.color == "rgb":
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+        crops.append(crop)
+    return crops
+
+
+class EmotionClassifier:
+    """An ONNX emotion classifier that carries an emostream contract in its metadata.
+
+    Args:
+        session: ONNX Runtime session.
+        contract: How to feed the model and read its output.
+        name: Where the model came from, for messages.
+
+    Raises:
+        ModelError: The model's input or output does not match its contract.
+    """
+
+    def __init__(self, session: object, contract: ModelContract, name: str = "classifier") -> None:
+        self.session = session
+        self.contract = contract
+        self.labels = contract.labels
+        inputs = session.get_inputs()  # type: ignore[attr-defined]
+        outputs = session.get_outputs()  # type: ignore[attr-defined]
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise ModelError(f"classifier model '{name}' must have one input and one output")
+        shape = list(inputs[0].shape)
+        expected = list(contract.input_shape())
+        fixed = [d if isinstance(d, int) else None for d in shape[1:]]
+        if len(shape) != 4 or any(d is not None and d != e for d, e in zip(fixed, expected, strict=True)):
+            raise ModelError(
+                f"classifier model '{name}' is incompatible: input shape {shape} does not match its "
+                f"contract (batch, {', '.join(map(str, expected))})"
+            )
+        out_shape = outputs[0].shape
+        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(self.labels)):
+            raise ModelError(
+                f"classifier model '{name}' is incompatible: output shape {out_shape} does not match "
+                f"{len(self.labels)} labels"
+            )
+        self.input_name = inputs[0].name
+        self.output_name = outputs[0].name
+
+    @classmethod
+    def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0) -> EmotionClassifier:
+        """Load a classifier and its contract.
+
+        Raises:
+            ModelError: Missing or corrupt file, no contract, or a contract that does not fit.
+        """
+        session = create_session(path, providers, threads, what="classifier")
+        meta = session.get_modelmeta().custom_metadata_map
+        if CONTRACT_KEY not in meta:
+            raise ModelError(
+                f"classifier model '{path}' has no '{CONTRACT_KEY}' metadata: export it with "
+                "'emostream export' so the stream knows its labels and input"
+            )
+        contract = ModelContract.from_json(meta[CONTRACT_KEY], origin=f"classifier model '{path}'")
+        return cls(session, contract, name=str(path))
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run once per batch size so the first real faces are not slow."""
+        w, h = self.contract.input_size_wh
+        for size in batch_sizes:
+            shape = (size, h, w) if self.contract.color == "gray" else (size, h, w, 3)
+            self.classify(np.zeros(shape, np.uint8))
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        """Probabilities (N, labels) for uint8 crops (N, H, W) or (N, H, W, 3), one model call."""
+        if crops.shape[0] == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        x = crops.astype(np.float32)
+        x *= self.contract.normalize_scale
+        x += self.contract.normalize_offset
+        if x.ndim == 3:
+            x = x[..., None]
+        if self.contract.layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        out = self.session.run([self.output_name], {self.input_name: x})[0]  # type: ignore[attr-defined]
+        out = np.asarray(out, np.float32)
+        if self.contract.output == "logits":
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out /= out.sum(axis=1, keepdims=True)
+        return out
