@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -113,8 +115,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         source = str(SAMPLE_CLIP)
         if not SAMPLE_CLIP.is_file():
             raise ConfigError(f"the bundled sample '{SAMPLE_CLIP}' is missing: reinstall emostream or give a SOURCE")
-    options = RunOptions(output=args.output, events=args.events, display=args.display,
-                         max_frames=args.max_frames, max_seconds=args.max_seconds)
+    display = args.display if args.display is not None else {"on": True, "off": False}.get(config.output.display)
+    options = RunOptions(output=args.output, events=args.events, display=display, max_frames=args.max_frames,
+                         max_seconds=args.max_seconds, interrupt=_INTERRUPT)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     summary = run(source, config, options)
     for line in summary.lines():
         print(line, file=sys.stderr)
@@ -134,8 +139,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return int(fps.main(args.bench_args) or 0)
 
 
+_INTERRUPT = threading.Event()
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    # First Ctrl-C/SIGTERM: finish the current frame, finalise the outputs. A second one: leave now.
+    if _INTERRUPT.is_set():
+        raise KeyboardInterrupt
+    _INTERRUPT.set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="emostream: %(levelname)s: %(message)s")
+    if args.verbose < 2:
+        # FFmpeg's own decoder chatter ("[h264 @ 0x...] ...") is noise next to our one-line errors.
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # its warnings repeat our messages
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)

@@ -55,6 +55,7 @@ class RunOptions:
         display: Show a window (None: when the source is live and a display exists).
         max_frames: Stop after this many frames.
         max_seconds: Stop after this many seconds (exit 0).
+        interrupt: Set (by a signal handler) to end the run early between two frames, outputs finalised.
     """
 
     output: Path | None = None
@@ -62,6 +63,7 @@ class RunOptions:
     display: bool | None = None
     max_frames: int | None = None
     max_seconds: float | None = None
+    interrupt: threading.Event | None = None
 
 
 @dataclass
@@ -215,6 +217,9 @@ def _consume(results: queue.Queue, labels: tuple[str, ...], writer: VideoRecorde
     try:
         while True:
             if options.max_seconds is not None and time.perf_counter() - t_start >= options.max_seconds:
+                break
+            if options.interrupt is not None and options.interrupt.is_set():
+                summary.interrupted = True
                 break
             try:
                 item = results.get(timeout=_POLL_S)

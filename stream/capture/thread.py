@@ -119,6 +119,10 @@ class CaptureThread:
             return
         self._closed = True
         self.stop.set()
+        # A live source may be blocked in read() (reconnect backoff): let it return now.
+        interrupt = getattr(self.source, "interrupt", None)
+        if callable(interrupt):
+            interrupt()
         deadline = time.monotonic() + timeout_s
         while self._thread.is_alive() and time.monotonic() < deadline:
             _drain(self.frames)
