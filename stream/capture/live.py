@@ -61,7 +61,7 @@ _WEBCAM_RETRY_PAUSE_S = 0.01
 class VideoCaptureLike(Protocol):
     """The part of ``cv2.VideoCapture`` a live source uses (fakes implement just this)."""
 
-    def isOpened(self) -> bool: ...  # noqa: N802 - OpenCV's name
+    def isOpened(self) -> bool: ...
     def grab(self) -> bool: ...
     def retrieve(self) -> tuple[bool, np.ndarray | None]: ...
     def get(self, prop_id: int) -> float: ...
@@ -219,8 +219,11 @@ class LiveSource:
                 self._frame_arrived(now)
                 return self._fit(image), now - self._t_open
             if self.is_url or now - self._t_last_frame >= self.config.read_timeout_s:
-                self._lose(f"no frame for {now - self._t_last_frame:.1f} s" if not self.is_url
-                           else "the stream stopped (read failed or timed out)")
+                self._lose(
+                    f"no frame for {now - self._t_last_frame:.1f} s"
+                    if not self.is_url
+                    else "the stream stopped (read failed or timed out)"
+                )
             else:
                 # A webcam grab can fail once (a corrupt frame, a driver hiccup): retry the same
                 # device until the watchdog (read_timeout_s without a frame) says it is gone.
@@ -256,10 +259,13 @@ class LiveSource:
         if not self.is_url:
             return []
         return [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(1, round(open_timeout_s * 1000)),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(1, round(self.config.read_timeout_s * 1000)),
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            max(1, round(open_timeout_s * 1000)),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            max(1, round(self.config.read_timeout_s * 1000)),
             # Frame threading delays output by one frame per extra decoder thread.
-            cv2.CAP_PROP_N_THREADS, 1,
+            cv2.CAP_PROP_N_THREADS,
+            1,
         ]
 
     def _open_once(self, open_timeout_s: float) -> VideoCaptureLike:
@@ -268,7 +274,7 @@ class LiveSource:
             cap = self._factory(self.target, self._params(open_timeout_s))
         except SourceError:
             raise
-        except Exception as err:  # noqa: BLE001 - a backend or factory failure becomes a clear error
+        except Exception as err:
             raise SourceError(f"source '{self.name}' could not be opened: {redact_url(str(err))}") from None
         if cap is not None and cap.isOpened():
             return cap
@@ -307,8 +313,9 @@ class LiveSource:
             return image
         if not self._resize_warned:
             self._resize_warned = True
-            log.warning("source '%s': frames are now %dx%d; resizing them to %dx%d", self.name,
-                        width, height, *self.size_wh)
+            log.warning(
+                "source '%s': frames are now %dx%d; resizing them to %dx%d", self.name, width, height, *self.size_wh
+            )
         return cv2.resize(image, self.size_wh, interpolation=cv2.INTER_AREA)
 
     def _frame_arrived(self, now: float) -> None:
@@ -317,8 +324,13 @@ class LiveSource:
             duration = now - self._outage_since
             self.gaps.append((self._outage_since - self._t_open, duration))
             self.reconnects += 1
-            log.warning("source '%s': frames resumed after a %.1f s gap (%d reconnect attempt%s)",
-                        self.name, duration, self._outage_attempts, "" if self._outage_attempts == 1 else "s")
+            log.warning(
+                "source '%s': frames resumed after a %.1f s gap (%d reconnect attempt%s)",
+                self.name,
+                duration,
+                self._outage_attempts,
+                "" if self._outage_attempts == 1 else "s",
+            )
             self._outage_since = None
             self._outage_attempts = 0
         self._t_last_frame = now
@@ -329,8 +341,7 @@ class LiveSource:
         self._last_error = why
         if self._outage_since is None:
             self._outage_since = self._t_last_frame
-            log.warning("source '%s': %s; reconnecting (budget %.0f s)", self.name, why,
-                        self.config.reconnect_budget_s)
+            log.warning("source '%s': %s; reconnecting (budget %.0f s)", self.name, why, self.config.reconnect_budget_s)
 
     def _reconnect(self) -> bool:
         """Reopen with exponential backoff. False when interrupted; raises when the budget is spent."""
@@ -338,7 +349,7 @@ class LiveSource:
         assert self._outage_since is not None  # set by _lose() or open()
         backoff = cfg.reconnect_initial_backoff_s
         if self._outage_attempts:  # a reopened capture failed before any frame: keep backing off
-            backoff = min(cfg.reconnect_max_backoff_s, backoff * 2 ** self._outage_attempts)
+            backoff = min(cfg.reconnect_max_backoff_s, backoff * 2**self._outage_attempts)
             if self._interrupted.wait(min(backoff, self._budget_left())):
                 return False
         while True:
@@ -359,8 +370,13 @@ class LiveSource:
             except SourceError as err:
                 self._last_error = _reason(err)
                 wait = min(backoff, max(0.0, self._budget_left()))
-                log.info("source '%s': reconnect attempt %d failed (%s); next in %.1f s", self.name,
-                         self._outage_attempts, self._last_error, wait)
+                log.info(
+                    "source '%s': reconnect attempt %d failed (%s); next in %.1f s",
+                    self.name,
+                    self._outage_attempts,
+                    self._last_error,
+                    wait,
+                )
             if self._interrupted.wait(wait):
                 return False
             backoff = min(cfg.reconnect_max_backoff_s, backoff * 2)
@@ -417,7 +433,7 @@ def diagnose_stream(url: str, timeout_s: float = 3.0) -> str:
     except ConnectionRefusedError:
         return f"connection refused by {host}:{port} (nothing listens on that port)"
     except TimeoutError:
-        return f"no answer from {host}:{port} within {timeout_s:.0f} s"
+        return f"no answer from {host}:{port} within {timeout_s:g} s"
     except OSError as err:
         return f"{host}:{port}: {err.strerror or err}"
 
