@@ -123,7 +123,7 @@ def test_inference_error_stops_everything_and_reaches_the_caller(models: Models,
     assert time.monotonic() - t0 < 20
     assert not [t.name for t in threading.enumerate() if t.name in ("capture", "inference")]  # both ended
     written = len(ev.read_text().splitlines())
-    assert written == 8  # two good batches of four, then the error
+    assert 2 <= written <= 8  # two good batches of up to four frames, then the error
     cap = cv2.VideoCapture(str(out))
     n = 0
     while cap.read()[0]:
