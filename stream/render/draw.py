@@ -58,7 +58,7 @@ def annotate(result: FrameResult, labels: Sequence[str], *, bars: bool = True, s
         cv2.rectangle(image, (x1, ty - th - base), (x1 + tw + 4, ty + base - 2), color, -1)
         cv2.putText(image, text, (x1 + 2, ty - 2), _FONT, font_scale, (0, 0, 0), thickness, cv2.LINE_AA)
         if bars and face.probs.size:
-            _draw_bars(image, face.probs, labels, (x2 + 4, max(0, y1)), font_scale * 0.8, thickness)
+            _draw_bars(image, face.probs, labels, (x2 + 4, max(0, y1)), font_scale * 0.7, thickness)
     if status:
         cv2.putText(image, status, (8, int(24 * font_scale / 0.5)), _FONT, font_scale, (0, 0, 0), thickness + 2,
                     cv2.LINE_AA)
@@ -69,16 +69,19 @@ def annotate(result: FrameResult, labels: Sequence[str], *, bars: bool = True, s
 
 def _draw_bars(image: np.ndarray, probs: np.ndarray, labels: Sequence[str], origin: tuple[int, int],
                font_scale: float, thickness: int) -> None:
+    """A compact panel: one row per class, name then a bar as long as its probability."""
     h, w = image.shape[:2]
-    row = max(10, int(22 * font_scale / 0.5))
-    width = max(40, int(80 * font_scale / 0.5))
+    text_w = max(cv2.getTextSize(label[:8], _FONT, font_scale, 1)[0][0] for label in labels)
+    text_h = cv2.getTextSize("Ag", _FONT, font_scale, 1)[0][1]
+    row, bar_w = text_h + 6, max(30, text_w)
+    panel_w, panel_h = text_w + bar_w + 12, row * len(labels) + 4
     x, y = origin
-    if x + width + 60 > w:  # no room on the right of the face: draw on the left edge instead
-        x = 4
+    if x + panel_w > w:  # no room right of the face: put the panel left of the frame edge instead
+        x = max(0, w - panel_w)
+    y = min(y, max(0, h - panel_h))
+    cv2.rectangle(image, (x, y), (x + panel_w, y + panel_h), (32, 32, 32), -1)
     for i, (label, p) in enumerate(zip(labels, probs, strict=False)):
-        yy = y + i * row
-        if yy + row > h:
-            break
-        cv2.rectangle(image, (x, yy + 2), (x + int(width * float(p)), yy + row - 2), _color(label), -1)
-        cv2.putText(image, f"{label[:8]}", (x + width + 4, yy + row - 4), _FONT, font_scale * 0.8,
-                    (255, 255, 255), max(1, thickness - 1), cv2.LINE_AA)
+        top = y + 2 + i * row
+        cv2.putText(image, label[:8], (x + 4, top + text_h + 2), _FONT, font_scale, (235, 235, 235), 1, cv2.LINE_AA)
+        bx = x + text_w + 8
+        cv2.rectangle(image, (bx, top + 3), (bx + max(1, int(bar_w * float(p))), top + row - 2), _color(label), -1)
