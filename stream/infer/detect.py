@@ -139,7 +139,10 @@ class FaceDetector:
             s = size / max(w, h)
             rw, rh = max(1, round(w * s)), max(1, round(h * s))
             px, py = (size - rw) // 2, (size - rh) // 2
-            resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA)
+            # Bilinear is 10x cheaper than area averaging and detects as well down to ~1/6 scale;
+            # beyond that (1080p and up into 128 px) aliasing starts to eat small faces.
+            interpolation = cv2.INTER_LINEAR if s >= 0.15 else cv2.INTER_AREA
+            resized = cv2.resize(image, (rw, rh), interpolation=interpolation)
             # BlazeFace wants RGB.
             cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=batch[i, py:py + rh, px:px + rw])
             scale[i], pad[i] = s, (px, py)
