@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Box every face and label its emotion.")
     run.add_argument("source", nargs="?", default=None,
                      help="video file, image file, webcam index (0) or stream URL; default: the bundled sample")
-    run.add_argument("--output", type=Path, help="annotated video (.mp4) or image; default: <output.dir>/<name>.annotated.*")
+    run.add_argument("--output", type=Path,
+                     help="annotated video (.mp4) or image; default: <output.dir>/<name>.annotated.*")
     run.add_argument("--events", type=Path, help="JSON Lines event log; default: <output.dir>/<name>.events.jsonl")
     run.add_argument("--config", type=Path, help="YAML config (see config.yaml); flags override it")
     run.add_argument("--model", type=Path, help="emotion classifier ONNX file carrying an emostream contract")

@@ -130,10 +130,16 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Defaults of ``emostream train`` (flags override them)."""
+    """Defaults of ``emostream train`` / ``evaluate`` (flags override them).
+
+    ``bn_recalibration_samples`` and ``bn_momentum`` are the batch-norm fix for
+    small datasets described in ``training/model.py``.
+    """
 
     arch: str = "recipe"
     input_size: int = 48
+    color: Literal["gray", "rgb", "bgr"] = "gray"
+    crop_margin: float = 0.15
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-4
@@ -146,18 +152,26 @@ class TrainingConfig:
     shift: float = 0.1
     horizontal_flip: bool = True
     bn_momentum: Literal["auto"] | float = "auto"
+    bn_recalibration_samples: int = 512
     early_stopping_patience: int = 10
     reduce_lr_patience: int = 5
     validation_split: float = 0.1
+    test_split: float = 0.1
 
     def validate(self, key: str) -> None:
         _positive(self, key, "input_size", "epochs", "batch_size", "learning_rate")
-        _non_negative(self, key, "rotation_deg", "early_stopping_patience", "reduce_lr_patience")
-        _unit_interval(self, key, "shift", "validation_split")
+        _non_negative(self, key, "rotation_deg", "early_stopping_patience", "reduce_lr_patience",
+                      "bn_recalibration_samples")
+        _unit_interval(self, key, "shift", "validation_split", "test_split", "crop_margin")
         if self.input_size < 16:
             raise ConfigError(f"{key}.input_size: must be >= 16, got {self.input_size}")
+        if self.rotation_deg > 180:
+            raise ConfigError(f"{key}.rotation_deg: must be <= 180, got {self.rotation_deg}")
         if self.bn_momentum != "auto" and not 0.0 < float(self.bn_momentum) < 1.0:
             raise ConfigError(f"{key}.bn_momentum: must be 'auto' or in (0, 1), got {self.bn_momentum}")
+        if self.validation_split + self.test_split >= 1.0:
+            raise ConfigError(f"{key}.validation_split + test_split: must be < 1, got "
+                              f"{self.validation_split} + {self.test_split}")
 
 
 @dataclass(frozen=True)
@@ -292,9 +306,8 @@ def _coerce(tp: Any, raw: Any, key: str, origin: str) -> Any:
     elif tp is str:
         if isinstance(raw, str):
             return raw
-    elif tp is Path:
-        if isinstance(raw, (str, Path)) and str(raw):
-            return Path(raw)
+    elif tp is Path and isinstance(raw, (str, Path)) and str(raw):
+        return Path(raw)
     raise ConfigError(f"{origin}: '{key}' must be {_type_name(tp)}, got {_describe(raw)}")
 
 

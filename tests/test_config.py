@@ -56,9 +56,9 @@ def test_overrides_are_validated_like_the_file() -> None:
     config = Config().with_overrides({"runtime.batch_size": 4, "runtime.providers": ["cpu"], "detector.model": None})
     assert config.runtime.batch_size == 4 and config.runtime.providers == ("cpu",)
     assert config.detector.model == Config().detector.model
-    with pytest.raises(ConfigError, match="runtime.batch_size"):
+    with pytest.raises(ConfigError, match=r"runtime\.batch_size"):
         Config().with_overrides({"runtime.batch_size": -1})
-    with pytest.raises(ConfigError, match="unknown config key 'runtime.nope'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'runtime\.nope'"):
         Config().with_overrides({"runtime.nope": 1})
 
 

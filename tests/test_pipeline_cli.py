@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -136,7 +135,7 @@ def test_image_default_output_keeps_extension(face_image: np.ndarray, tmp_path: 
 
 def test_face_cut_by_the_frame_edge(face_image: np.ndarray, tmp_path: Path) -> None:
     # Shift the frame so the face's left part falls outside it.
-    h, w = face_image.shape[:2]
+    w = face_image.shape[1]
     shifted = np.zeros_like(face_image)
     shifted[:, : w - 270] = face_image[:, 270:]
     src = tmp_path / "edge.png"
@@ -156,17 +155,21 @@ def test_face_cut_by_the_frame_edge(face_image: np.ndarray, tmp_path: Path) -> N
         (lambda t, c: [str(t / "missing.mp4")], ["missing.mp4", "no such file"]),
         (lambda t, c: [str(_text_file(t))], ["notvideo.mp4", "not a video"]),
         (lambda t, c: [str(t)], ["directory"]),
-        (lambda t, c: [str(c["vga"]), "--output", "/proc/forbidden/out.mp4"], ["output video", "could not be written"]),
+        (lambda t, c: [str(c["vga"]), "--output", "/proc/forbidden/out.mp4"],
+         ["output video", "could not be written"]),
         (lambda t, c: [str(c["vga"]), "--model", str(t / "nope.onnx")], ["classifier model", "no such file"]),
-        (lambda t, c: [str(c["vga"]), "--model", str(_text_file(t, "bad.onnx"))], ["classifier model", "could not be loaded"]),
+        (lambda t, c: [str(c["vga"]), "--model", str(_text_file(t, "bad.onnx"))],
+         ["classifier model", "could not be loaded"]),
         (lambda t, c: [str(c["vga"]), "--detector", str(REPO / "models" / "emotion_minixception.onnx")],
          ["not BlazeFace"]),
         (lambda t, c: [str(c["vga"]), "--model", str(REPO / "models" / "blazeface_short_range.onnx")],
          ["no 'emostream.contract' metadata"]),
-        (lambda t, c: [str(c["vga"]), "--config", str(_yaml(t, "runtime:\n  batch_size: 0\n"))], ["runtime.batch_size"]),
+        (lambda t, c: [str(c["vga"]), "--config", str(_yaml(t, "runtime:\n  batch_size: 0\n"))],
+         ["runtime.batch_size"]),
         (lambda t, c: [str(c["vga"]), "--config", str(_yaml(t, "runtime:\n  batchsize: 4\n"))],
          ["unknown config key 'runtime.batchsize'"]),
-        (lambda t, c: [str(c["vga"]), "--config", str(_yaml(t, "tracking: [1, 2]\n"))], ["'tracking' must be a mapping"]),
+        (lambda t, c: [str(c["vga"]), "--config", str(_yaml(t, "tracking: [1, 2]\n"))],
+         ["'tracking' must be a mapping"]),
         (lambda t, c: [str(c["vga"]), "--config", str(t / "none.yaml")], ["none.yaml", "could not be read"]),
         (lambda t, c: [str(c["vga"]), "--providers", "gpu"], ["runtime.providers"]),
         (lambda t, c: [str(c["vga"]), "--max-frames", "0"], ["--max-frames"]),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from stream.contract import CONTRACT_KEY, ModelContract
 from stream.errors import ModelError
@@ -57,12 +58,12 @@ class EmotionClassifier:
         ModelError: The model's input or output does not match its contract.
     """
 
-    def __init__(self, session: object, contract: ModelContract, name: str = "classifier") -> None:
+    def __init__(self, session: ort.InferenceSession, contract: ModelContract, name: str = "classifier") -> None:
         self.session = session
         self.contract = contract
         self.labels = contract.labels
-        inputs = session.get_inputs()  # type: ignore[attr-defined]
-        outputs = session.get_outputs()  # type: ignore[attr-defined]
+        inputs = session.get_inputs()
+        outputs = session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelError(f"classifier model '{name}' must have one input and one output")
         shape = list(inputs[0].shape)
@@ -117,7 +118,7 @@ class EmotionClassifier:
             x = x[..., None]
         if self.contract.layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        out = self.session.run([self.output_name], {self.input_name: x})[0]  # type: ignore[attr-defined]
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
         out = np.asarray(out, np.float32)
         if self.contract.output == "logits":
             out = np.exp(out - out.max(axis=1, keepdims=True))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from stream.boxes import pairwise_iou
 from stream.errors import ModelError
@@ -32,9 +33,10 @@ class Detection:
 
 
 # MediaPipe's SSD anchor options for the two BlazeFace models, keyed by input size.
-_ANCHOR_OPTIONS = {
-    128: {"strides": (8, 16, 16, 16), "interpolated": True},  # short range: 896 anchors
-    192: {"strides": (4,), "interpolated": False},  # full range: 2304 anchors
+# (strides of the SSD layers, whether each layer adds an interpolated-scale anchor).
+_ANCHOR_OPTIONS: dict[int, tuple[tuple[int, ...], bool]] = {
+    128: ((8, 16, 16, 16), True),  # short range: 896 anchors
+    192: ((4,), False),  # full range: 2304 anchors
 }
 
 
@@ -47,8 +49,8 @@ def blazeface_anchors(input_size: int) -> np.ndarray:
     options = _ANCHOR_OPTIONS.get(input_size)
     if options is None:
         raise ModelError(f"detector input size {input_size} is not a BlazeFace model (128 or 192)")
-    strides = options["strides"]
-    per_layer = 2 if options["interpolated"] else 1
+    strides, interpolated = options
+    per_layer = 2 if interpolated else 1
     anchors = []
     layer = 0
     while layer < len(strides):
@@ -75,11 +77,11 @@ class FaceDetector:
         min_face_px: Faces smaller than this (in source pixels) are ignored.
     """
 
-    def __init__(self, session: object, score_threshold: float = 0.5, nms_iou: float = 0.3,
+    def __init__(self, session: ort.InferenceSession, score_threshold: float = 0.5, nms_iou: float = 0.3,
                  min_face_px: int = 0, *, name: str = "detector") -> None:
         self.session = session
-        inputs = session.get_inputs()  # type: ignore[attr-defined]
-        outputs = session.get_outputs()  # type: ignore[attr-defined]
+        inputs = session.get_inputs()
+        outputs = session.get_outputs()
         shape = inputs[0].shape
         if len(inputs) != 1 or len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or len(outputs) != 2:
             raise ModelError(f"detector model '{name}' is not BlazeFace: input {shape}, {len(outputs)} outputs")
@@ -122,7 +124,7 @@ class FaceDetector:
         x = batch.astype(np.float32)
         x *= 1.0 / 127.5
         x -= 1.0
-        regressors, scores = self.session.run(None, {self.input_name: x})  # type: ignore[attr-defined]
+        regressors, scores = self.session.run(None, {self.input_name: x})
         return regressors, scores
 
     def _letterbox(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

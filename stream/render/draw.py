@@ -47,7 +47,7 @@ def annotate(result: FrameResult, labels: Sequence[str], *, bars: bool = True, s
     thickness = max(1, round(min(w, h) / 320))
     font_scale = max(0.4, min(w, h) / 900)
     for face in result.faces:
-        x1, y1, x2, y2 = (int(round(v)) for v in face.box_xyxy)
+        x1, y1, x2, y2 = (round(float(v)) for v in face.box_xyxy)
         top = int(np.argmax(face.probs)) if face.probs.size else -1
         label = labels[top] if top >= 0 else "face"
         color = _color(label)

@@ -50,7 +50,7 @@ class VideoRecorder:
         self.size_wh = size_wh
         self.frames = 0
         self._writer: cv2.VideoWriter | None = cv2.VideoWriter(
-            str(self.path), cv2.VideoWriter_fourcc(*codec), fps, size_wh
+            str(self.path), cv2.VideoWriter.fourcc(*codec), fps, size_wh
         )
         if not self._writer.isOpened():
             self._writer = None
