@@ -212,3 +212,10 @@ def test_interrupt_finalises_outputs(sig: signal.Signals, clips: dict[str, Path]
     assert 0 < len(events) < 601
     assert [e["frame"] for e in events] == list(range(len(events)))
     assert count_frames(out) == len(events)  # a playable video with every logged frame
+
+
+def test_cuda_request_falls_back_to_cpu_quietly(clips: dict[str, Path], tmp_path: Path) -> None:
+    proc = run_cli("run", str(clips["noface"]), "--providers", "tensorrt,cuda,cpu", "--max-frames", "5",
+                   "--output", str(tmp_path / "o.mp4"), "--events", str(tmp_path / "e.jsonl"), "--no-display")
+    assert proc.returncode == 0, proc.stderr
+    assert "CUDA" not in proc.stderr and "TensorRT" not in proc.stderr and "[E:" not in proc.stderr
