@@ -90,6 +90,33 @@ def test_reads_live_rtsp_frames_once_each(rtsp_camera: RtspServer) -> None:
     assert frames[0].source == rtsp_camera.url
 
 
+def stamp_age_ms(image_bgr: np.ndarray) -> float:
+    stamp = read_stamp(image_bgr)
+    assert stamp is not None
+    return time.time() * 1000.0 - stamp[0]
+
+
+@pytest.mark.parametrize("skip_stale", [True, False])
+def test_a_stalled_reader_skips_the_backlog(rtsp_camera: RtspServer, skip_stale: bool) -> None:
+    """After the reader stalls, the next frame is the live one, not the oldest of the backlog."""
+    source = LiveSource(rtsp_camera.url, FAST, skip_stale=skip_stale)
+    source.open()
+    try:
+        for _ in range(10):
+            assert source.read() is not None
+        time.sleep(0.6)  # the stall under test (CPU starvation), not a wait for work
+        item = source.read()
+        assert item is not None
+        age_ms = stamp_age_ms(item[0])
+    finally:
+        source.close()
+    if skip_stale:
+        assert source.stale_skipped >= 10
+        assert age_ms < 200, f"a {age_ms:.0f} ms old frame came out of the backlog"
+    else:  # what OpenCV alone does: the oldest buffered frame
+        assert source.stale_skipped == 0 and age_ms > 450
+
+
 def test_udp_transport(rtsp_camera: RtspServer) -> None:
     cfg = CaptureConfig(open_timeout_s=3.0, read_timeout_s=1.0, rtsp_transport="udp")
     source = LiveSource(rtsp_camera.url, cfg)

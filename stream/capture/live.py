@@ -9,8 +9,12 @@ What makes it *live*:
   camera; with them a read returns within about twice the timeout).
 - **No stale backlog.** FFmpeg's probe buffer is disabled (``fflags;nobuffer``:
   otherwise the first second of frames is replayed late) and the decoder runs
-  on one thread (frame threading holds back one frame per extra thread).
-  Keeping only the newest frames is the job of :class:`CaptureThread`.
+  on one thread (frame threading holds back one frame per extra thread). When
+  the reader itself stalls (CPU starvation), an RTSP stream's backlog comes out
+  as a burst of old frames: each frame's stream timestamp is compared with the
+  clock and frames more than ``max(50 ms, 1.5 frames)`` behind the live edge are
+  skipped undecoded (counted in :attr:`LiveSource.stale_skipped`). Keeping only
+  the newest frames against a slow *consumer* is the job of :class:`CaptureThread`.
 - **One frame, once.** Every frame returned comes from a successful ``grab()``;
   nothing is ever re-returned while waiting for the next one.
 - **Reconnection.** A failed read (a URL) or no frame for ``read_timeout_s``
@@ -56,6 +60,10 @@ _ENV_LOCK = threading.Lock()
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtspt": 554, "http": 80, "https": 443, "rtmp": 1935}
 _WEBCAM_RETRY_PAUSE_S = 0.01
+# The live edge may drift from the camera's clock by this much per second (1000 ppm: generous).
+_CLOCK_DRIFT = 1e-3
+# Skip stale frames for at most this long in a row, then deliver and re-anchor (a timestamp jump).
+_MAX_SKIP_S = 1.0
 
 
 class VideoCaptureLike(Protocol):
@@ -126,6 +134,7 @@ class LiveSource:
         config: Timeouts, reconnection budget and backoff, RTSP transport.
         capture_factory: Opens the capture (default :func:`open_capture`); tests inject fakes.
         retry_open: Retry the first open within ``reconnect_budget_s`` instead of failing at once.
+        skip_stale: Skip RTSP frames that come out of a backlog (see the module docstring).
 
     Attributes:
         name: ``"webcam 0"`` or the URL with its password replaced by ``***``.
@@ -134,6 +143,7 @@ class LiveSource:
         gaps: ``(t_start_s, duration_s)`` of each outage that ended, ``t_start_s`` in media
             time (seconds since the first open, the clock of ``t_media_s``).
         frames_read: Frames returned by :meth:`read`.
+        stale_skipped: RTSP frames skipped because they were behind the live edge.
     """
 
     live = True
@@ -145,6 +155,7 @@ class LiveSource:
         *,
         capture_factory: CaptureFactory | None = None,
         retry_open: bool = False,
+        skip_stale: bool = True,
     ) -> None:
         self.target = target
         self.config = config or CaptureConfig()
@@ -158,6 +169,11 @@ class LiveSource:
         self.reconnect_attempts = 0
         self.gaps: list[tuple[float, float]] = []
         self.frames_read = 0
+        self.stale_skipped = 0
+        is_rtsp = isinstance(target, str) and target.lower().startswith("rtsp")
+        # Only RTSP carries trustworthy capture timestamps (RTP); elsewhere they are synthesised.
+        self._lag = _LiveEdge() if skip_stale and is_rtsp else None
+        self._skip_since: float | None = None
         self._factory = capture_factory or self._default_factory
         self._retry_open = retry_open
         self._cap: VideoCaptureLike | None = None
@@ -213,7 +229,11 @@ class LiveSource:
                 return None
             cap = self._cap
             assert cap is not None  # set by open() or _reconnect()
-            image = self._grab(cap)
+            # grab() says whether a *new* frame arrived; read() on some backends hands back the last one.
+            grabbed = cap.grab()
+            if grabbed and self._behind_live_edge(cap):
+                continue
+            image = self._retrieve(cap) if grabbed else None
             now = time.monotonic()
             if image is not None:
                 self._frame_arrived(now)
@@ -295,10 +315,7 @@ class LiveSource:
         if width > 0 and height > 0 and self.size_wh == (0, 0):
             self.size_wh = (width, height)
 
-    def _grab(self, cap: VideoCaptureLike) -> np.ndarray | None:
-        # grab() says whether a *new* frame arrived; read() on some backends hands back the last one.
-        if not cap.grab():
-            return None
+    def _retrieve(self, cap: VideoCaptureLike) -> np.ndarray | None:
         ok, image = cap.retrieve()
         if not ok or image is None or image.size == 0:
             return None
@@ -317,6 +334,29 @@ class LiveSource:
                 "source '%s': frames are now %dx%d; resizing them to %dx%d", self.name, width, height, *self.size_wh
             )
         return cv2.resize(image, self.size_wh, interpolation=cv2.INTER_AREA)
+
+    def _behind_live_edge(self, cap: VideoCaptureLike) -> bool:
+        """True when the grabbed frame is part of a backlog and should be skipped."""
+        if self._lag is None:
+            return False
+        now = time.monotonic()
+        behind_s = self._lag.behind_s(now, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+        if behind_s <= max(0.05, 1.5 / self.fps):
+            self._skip_since = None
+            return False
+        if self._skip_since is None:
+            self._skip_since = now
+        elif now - self._skip_since > _MAX_SKIP_S:
+            # Still "behind" after a second of skipping: the timestamps jumped (or decoding cannot
+            # keep up, where skipping does not help). Deliver, and measure from here.
+            log.warning(
+                "source '%s': frames stay %.0f ms behind; re-anchoring the live edge", self.name, behind_s * 1000
+            )
+            self._lag.reset()
+            self._skip_since = None
+            return False
+        self.stale_skipped += 1
+        return True
 
     def _frame_arrived(self, now: float) -> None:
         self.frames_read += 1
@@ -365,6 +405,8 @@ class LiveSource:
             try:
                 self._cap = self._open_once(min(cfg.open_timeout_s, max(left, 0.1)))
                 self._describe(self._cap)
+                if self._lag is not None:
+                    self._lag.reset()  # a new session has new timestamps
                 log.info("source '%s': reopened (attempt %d)", self.name, self._outage_attempts)
                 return True
             except SourceError as err:
@@ -384,6 +426,39 @@ class LiveSource:
     def _budget_left(self) -> float:
         assert self._outage_since is not None
         return self.config.reconnect_budget_s - (time.monotonic() - self._outage_since)
+
+
+class _LiveEdge:
+    """How far a frame is behind the live edge, from its stream timestamp and the local clock.
+
+    ``lag = t_arrival - t_stream`` is constant (network + decode delay) while the reader
+    keeps up; a backlog read in a burst shows as frames whose lag exceeds the smallest
+    lag seen. The reference may creep up by :data:`_CLOCK_DRIFT` per second so that a
+    camera clock running slower than ours is not mistaken for a backlog.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._edge: float | None = None
+        self._t_prev = 0.0
+        self._pts_prev = float("-inf")
+
+    def behind_s(self, t_now: float, pts_s: float) -> float:
+        """Seconds behind the live edge (0 when on it; 0 too when the timestamps are unusable)."""
+        usable = np.isfinite(pts_s) and pts_s > self._pts_prev
+        self._pts_prev = pts_s if np.isfinite(pts_s) else self._pts_prev
+        if not usable:  # no timestamps, or they went backwards: start over from this frame
+            self._edge = None
+            return 0.0
+        lag = t_now - pts_s
+        if self._edge is None:
+            self._edge = lag
+        else:
+            self._edge = min(lag, self._edge + _CLOCK_DRIFT * (t_now - self._t_prev))
+        self._t_prev = t_now
+        return lag - self._edge
 
 
 def _reason(err: SourceError) -> str:
