@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -110,7 +111,10 @@ def open_capture(target: int | str, params: Sequence[int], *, transport: str = "
         The capture, opened or not (the caller checks ``isOpened()``).
     """
     if isinstance(target, int):
-        cap = cv2.VideoCapture(target, cv2.CAP_ANY, list(params))
+        # On Linux ask V4L2 directly: CAP_ANY falls through to other backends (obsensor) that
+        # print their own errors for a missing camera.
+        backend = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+        cap = cv2.VideoCapture(target, backend, list(params))
         if cap.isOpened():
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # V4L2 honours it: fewer frames queued in the driver
         return cap

@@ -1,0 +1,201 @@
+"""``emostream run rtsp://...`` end to end, against a real RTSP camera (GStreamer subprocess)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests import rtsp_fixtures
+from tests.conftest import REPO, run_cli
+from tests.rtsp_fixtures import RtspServer
+from tests.test_live_sources import closed_port
+from tests.test_pipeline_cli import assert_one_error_line, count_frames
+
+rtsp_server = rtsp_fixtures.rtsp_server
+
+PASSWORD = "Sup3r-s3cret"
+CAMERA_ARGS = ("--testsrc", "--size", "320x240", "--fps", "30")
+
+
+@pytest.fixture
+def camera(rtsp_server: Callable[..., RtspServer]) -> RtspServer:
+    return rtsp_server(args=CAMERA_ARGS, user="viewer", password=PASSWORD)
+
+
+def fast_config(tmp_path: Path, budget_s: float) -> Path:
+    path = tmp_path / "live.yaml"
+    path.write_text(
+        "capture:\n"
+        "  open_timeout_s: 3.0\n"
+        "  read_timeout_s: 1.0\n"
+        f"  reconnect_budget_s: {budget_s}\n"
+        "  reconnect_initial_backoff_s: 0.1\n"
+        "  reconnect_max_backoff_s: 0.5\n"
+    )
+    return path
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_events(path: Path, count: int, proc: subprocess.Popen[str], timeout_s: float = 30.0) -> None:
+    """Until the event log holds ``count`` lines (the run is live and processing)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count("\n") >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended early: {proc.communicate()[1]}")
+        time.sleep(0.05)  # polling a file another process writes
+    pytest.fail(f"no {count} events within {timeout_s} s")
+
+
+def test_rtsp_run_max_frames_password_hidden(camera: RtspServer, tmp_path: Path) -> None:
+    out, ev = tmp_path / "live.mp4", tmp_path / "live.jsonl"
+    proc = run_cli(
+        "run",
+        camera.url,
+        "--output",
+        str(out),
+        "--events",
+        str(ev),
+        "--no-display",
+        "--max-frames",
+        "30",
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = read_events(ev)
+    frames = [e["frame"] for e in events]
+    assert 0 < len(frames) <= 30 and frames == sorted(set(frames))
+    assert count_frames(out) == len(events)
+    shown = proc.stdout + proc.stderr + ev.read_text()
+    assert PASSWORD not in shown
+    assert "viewer:***@" in proc.stderr
+
+
+def test_rtsp_run_max_seconds(camera: RtspServer, tmp_path: Path) -> None:
+    ev = tmp_path / "live.jsonl"
+    t0 = time.monotonic()
+    proc = run_cli(
+        "run",
+        camera.url,
+        "--output",
+        str(tmp_path / "live.mp4"),
+        "--events",
+        str(ev),
+        "--no-display",
+        "--max-seconds",
+        "2",
+        "--no-progress",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - t0 < 20
+    assert len(read_events(ev)) >= 20  # 30 fps for 2 s, minus start-up
+
+
+def test_rtsp_run_continues_after_the_camera_comes_back(camera: RtspServer, tmp_path: Path) -> None:
+    out, ev = tmp_path / "live.mp4", tmp_path / "live.jsonl"
+    proc = start_cli(
+        "run",
+        camera.url,
+        "--config",
+        str(fast_config(tmp_path, 20.0)),
+        "--output",
+        str(out),
+        "--events",
+        str(ev),
+        "--no-display",
+        "--max-seconds",
+        "8",
+        "--no-progress",
+    )
+    try:
+        wait_for_events(ev, 10, proc)
+        camera.kill()
+        camera.start()  # same port, same path
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr
+    events = read_events(ev)
+    times = [e["t"] for e in events]
+    jumps = [(a, b) for a, b in itertools.pairwise(times) if b - a > 0.3]
+    assert len(jumps) == 1, f"expected one gap in the event log, got {jumps}"
+    after = [t for t in times if t > jumps[0][1] - 1e-9]
+    assert len(after) >= 10, "frames resumed after the gap"
+    assert count_frames(out) == len(events)
+    assert "frames resumed after a" in stderr
+    assert PASSWORD not in stderr
+
+
+def test_rtsp_camera_gone_for_good_exits_2_within_budget(camera: RtspServer, tmp_path: Path) -> None:
+    budget_s = 2.0
+    out, ev = tmp_path / "live.mp4", tmp_path / "live.jsonl"
+    proc = start_cli(
+        "run",
+        camera.url,
+        "--config",
+        str(fast_config(tmp_path, budget_s)),
+        "--output",
+        str(out),
+        "--events",
+        str(ev),
+        "--no-display",
+        "--no-progress",
+    )
+    try:
+        wait_for_events(ev, 10, proc)
+        camera.kill()
+        t_kill = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t_kill
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"emostream: error: source '{camera.url.replace(PASSWORD, '***')}': no frames for ")
+    assert "gave up after" in last
+    assert PASSWORD not in stderr
+    assert elapsed < budget_s + 6  # + detection (read timeout), an open timeout, shutdown
+    events = read_events(ev)  # complete lines: the log was finalised
+    assert len(events) >= 10 and count_frames(out) == len(events)
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("rtsp://viewer:{password}@127.0.0.1:{closed}/cam", "connection refused"),
+        ("rtsp://viewer:{password}@127.0.0.1:{port}/nope", "404 Not Found"),
+        ("rtsp://viewer:wrong-{password}@127.0.0.1:{port}/cam", "401 Unauthorized"),
+        ("rtsp://viewer:{password}@nonexistent.invalid/cam", "could not be resolved"),
+        ("7", "source 'webcam 7' could not be opened"),
+    ],
+    ids=["wrong-port", "wrong-path", "wrong-password", "unknown-host", "no-webcam"],
+)
+def test_bad_live_source_one_line_exit_2(camera: RtspServer, tmp_path: Path, url: str, fragment: str) -> None:
+    url = url.format(password=PASSWORD, port=camera.port, closed=closed_port())
+    proc = run_cli("run", url, "--output", str(tmp_path / "o.mp4"), "--no-display", timeout=30)
+    assert_one_error_line(proc, fragment)
+    assert PASSWORD not in proc.stderr + proc.stdout
