@@ -1,0 +1,333 @@
+"""The ``train``, ``evaluate`` and ``export`` subcommands of ``emostream``.
+
+:func:`register` adds them to the main parser without importing TensorFlow;
+each handler imports what it needs when it runs. Handlers return an exit code
+and raise :class:`~stream.errors.StreamError` subclasses for bad input. The
+settings come from the ``training:`` section of ``--config`` (or the
+defaults), overridden by the flags given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from stream.config import Config, TrainingConfig, load_config
+from stream.contract import ModelContract
+from stream.errors import ConfigError, DataError, ModelError
+
+__all__ = ["parse_normalize", "register"]
+
+log = logging.getLogger(__name__)
+
+_NORMALIZE_PRESETS = {
+    "unit": (1.0 / 255.0, 0.0),        # [0, 1]
+    "symmetric": (2.0 / 255.0, -1.0),  # [-1, 1]
+    "raw": (1.0, 0.0),                 # [0, 255]
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``evaluate`` and ``export`` to ``emostream``'s subcommands.
+
+    Args:
+        subparsers: The main parser's ``add_subparsers()`` result.
+    """
+    _register_train(subparsers)
+    _register_evaluate(subparsers)
+    _register_export(subparsers)
+
+
+def _config_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a --config given to the main parser is not overwritten by this default.
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="PATH",
+                        help="config.yaml whose 'training:' section gives the defaults")
+
+
+def _data_flags(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--fer2013", type=Path, metavar="CSV", help="fer2013.csv (emotion, pixels, Usage)")
+    source.add_argument("--images", type=Path, metavar="DIR",
+                        help="folder with one subfolder of images per class (or train/ val/ test/ of those)")
+    parser.add_argument("--ferplus", type=Path, metavar="CSV",
+                        help="fer2013new.csv: FERPlus votes replacing the FER2013 labels (needs --fer2013)")
+    parser.add_argument("--label-mode", choices=("majority", "soft"), default=None,
+                        help="FERPlus targets: most-voted emotion or the vote distribution (default: config)")
+    parser.add_argument("--no-merge-contempt", dest="merge_contempt", action="store_const", const=False,
+                        default=None, help="FERPlus: keep 'contempt' as an eighth class instead of 'neutral'")
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train an emotion classifier and export it for the stream",
+        description="Train on FER2013 (+ FERPlus) or a folder of images; RUN_DIR gets model.keras, "
+                    "model.onnx, report.json (test split), confusion_matrix.png, history.csv/png.",
+    )
+    _data_flags(p)
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder to write")
+    _config_flag(p)
+    p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--input-size", type=int, metavar="PX", help="square model input side (default 48)")
+    p.add_argument("--arch", help="recipe (default), recipe-small or mini-xception")
+    p.add_argument("--learning-rate", type=float, metavar="LR")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--color", choices=("gray", "rgb", "bgr"), help="model input colour (default gray)")
+    p.add_argument("--crop-margin", type=float, metavar="SHARE",
+                   help="face crop margin the stream applies for this model (default 0.15)")
+    p.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight classes by inverse frequency")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None,
+                   help="train without rotation / shift / flip augmentation")
+    p.add_argument("--bn-momentum", metavar="auto|M", help="batch-norm momentum (default auto)")
+    p.add_argument("--bn-recalibration-samples", type=int, metavar="N",
+                   help="training images the batch-norm statistics are re-estimated on before each "
+                        "validation; 0 turns it off (default 512)")
+    p.add_argument("--patience", type=int, dest="early_stopping_patience", metavar="EPOCHS",
+                   help="early-stopping patience on validation accuracy; 0 turns it off")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of model.onnx (default 17)")
+    p.set_defaults(func=_train)
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="score a .keras or .onnx classifier on a dataset split",
+        description="Accuracy, macro F1, per-class scores and the confusion matrix, in inference mode.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help=".onnx, .keras or .h5 classifier")
+    _data_flags(p)
+    p.add_argument("--split", default="test", help="train, val or test (default test: FER2013 PrivateTest)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write report.json and confusion_matrix.png here")
+    _config_flag(p)
+    _contract_flags(p, for_export=False)
+    p.set_defaults(func=_evaluate)
+
+
+def _register_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="convert a Keras classifier to ONNX for the stream",
+        description="Keras (.keras/.h5) -> ONNX with a dynamic batch axis and the emostream contract "
+                    "in its metadata; fails unless ONNX matches Keras on real face crops.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL", help=".keras or .h5 classifier")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx", help="ONNX file to write")
+    _config_flag(p)
+    _contract_flags(p, for_export=True)
+    p.add_argument("--parity-images", type=Path, metavar="PATH",
+                   help="real face crops for the parity check: a folder of images or a .npy uint8 array "
+                        "(default: parity_images.npy beside the model, as left by 'train')")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |keras - onnx| (default 1e-4)")
+    p.set_defaults(func=_export)
+
+
+def _contract_flags(p: argparse.ArgumentParser, *, for_export: bool) -> None:
+    what = "" if for_export else " (Keras models without a .contract.json)"
+    p.add_argument("--labels", metavar="A,B,...", help=f"output labels in order{what}")
+    p.add_argument("--normalize", metavar="unit|symmetric|raw|SCALE,OFFSET",
+                   help=f"input = uint8 * SCALE + OFFSET; unit = x/255, symmetric = x/127.5-1{what}")
+    p.add_argument("--color", choices=("gray", "rgb", "bgr"), help=f"input colour{what}")
+    if for_export:
+        p.add_argument("--crop-margin", type=float, metavar="SHARE", help="face crop margin for the stream")
+        p.add_argument("--output-kind", choices=("probabilities", "logits"),
+                       help="what the model outputs (default: from its last activation)")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_normalize(text: str) -> tuple[float, float]:
+    """``unit``, ``symmetric``, ``raw`` or ``SCALE,OFFSET`` -> ``(scale, offset)``.
+
+    Raises:
+        ConfigError: Anything else.
+    """
+    preset = _NORMALIZE_PRESETS.get(text.strip().lower())
+    if preset is not None:
+        return preset
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        scale, offset = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(f"--normalize: expected unit, symmetric, raw or SCALE,OFFSET, got {text!r}") from None
+    if scale == 0:
+        raise ConfigError("--normalize: scale must not be 0")
+    return scale, offset
+
+
+def _parse_labels(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    labels = tuple(s.strip() for s in text.split(",") if s.strip())
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ConfigError(f"--labels: expected 2 or more distinct comma-separated names, got {text!r}")
+    return labels
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+_TRAIN_FLAGS = ("epochs", "batch_size", "input_size", "arch", "learning_rate", "seed", "color", "crop_margin",
+                "class_weights", "augment", "bn_recalibration_samples", "early_stopping_patience")
+_DATA_FLAGS = ("label_mode", "merge_contempt")
+
+
+def _training_config(args: argparse.Namespace, names: tuple[str, ...]) -> TrainingConfig:
+    """The config file's ``training:`` section with the flags in ``names`` applied (and validated)."""
+    bn_momentum: Any = getattr(args, "bn_momentum", None)
+    if bn_momentum is not None and bn_momentum != "auto":
+        try:
+            bn_momentum = float(bn_momentum)
+        except ValueError:
+            raise ConfigError(f"--bn-momentum: expected 'auto' or a number, got {bn_momentum!r}") from None
+    overrides = {f"training.{name}": getattr(args, name, None) for name in names}
+    overrides["training.bn_momentum"] = bn_momentum
+    return _load(args).with_overrides(overrides).training
+
+
+def _quiet_converters() -> None:
+    # tf2onnx logs every optimisation pass at INFO.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+
+
+def _dataset(args: argparse.Namespace, cfg: TrainingConfig, *, size_wh: tuple[int, int], color: str,
+             splits: tuple[str, ...]) -> Any:
+    from training.data import load_dataset
+
+    if args.ferplus is not None and args.fer2013 is None:
+        raise DataError("--ferplus needs --fer2013 (the FERPlus file holds votes, not pixels)")
+    return load_dataset(fer2013=args.fer2013, ferplus=args.ferplus, images=args.images, size_wh=size_wh,
+                        color=color, label_mode=cfg.label_mode, merge_contempt=cfg.merge_contempt,
+                        validation_split=cfg.validation_split, test_split=cfg.test_split, splits=splits)
+
+
+def _print_report(report: Any) -> None:
+    print(f"{report.split} split, {report.n_samples} images: accuracy {100 * report.accuracy:.2f}%, "
+          f"macro F1 {report.macro_f1:.3f}")
+    width = max(len(label) for label in report.labels)
+    print(f"  {'label':<{width}}  precision  recall     f1  support")
+    for label, m in report.per_class.items():
+        print(f"  {label:<{width}}  {m.precision:9.3f}  {m.recall:6.3f}  {m.f1:5.3f}  {m.support:7d}")
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = _training_config(args, _TRAIN_FLAGS + _DATA_FLAGS)
+    _quiet_converters()
+    from training.trainer import train
+
+    size = (cfg.input_size, cfg.input_size)
+    dataset = _dataset(args, cfg, size_wh=size, color=cfg.color, splits=("train", "val", "test"))
+
+    def show(progress: Any) -> None:
+        print(progress.line(), file=sys.stderr, flush=True)
+
+    result = train(dataset, args.out, cfg, progress=show, step_bar=sys.stderr.isatty(), opset=args.opset)
+    print(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.seconds_per_epoch:.0f} s/epoch); "
+          f"validation accuracy {100 * result.validation.accuracy:.2f}%")
+    _print_report(result.test)
+    print(f"ONNX parity on {result.export.n_samples} test images: max |keras - onnx| "
+          f"{result.export.max_abs_diff:.1e}, argmax agreement {100 * result.export.argmax_agreement:.1f}%")
+    print(f"wrote {result.run_dir}/: model.keras, model.onnx, report.json, confusion_matrix.png, "
+          "history.csv, history.png")
+    print(f"run it: emostream run SOURCE --model {result.onnx_path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    cfg = _training_config(args, _DATA_FLAGS)
+    from training.data import normalize_split_name
+    from training.evaluate import KerasPredictor, evaluate_model, load_predictor, write_report
+
+    predictor: Any
+    if args.model.suffix.lower() == ".onnx":
+        if args.labels or args.normalize or args.color:
+            raise ConfigError(f"--labels / --normalize / --color apply to Keras models only; '{args.model}' "
+                              "carries its contract in its metadata")
+        predictor = load_predictor(args.model)
+    else:
+        model, contract = _keras_with_contract(args, cfg)
+        predictor = KerasPredictor(model, contract, name=str(args.model))
+    split = normalize_split_name(args.split)
+    contract = predictor.contract
+    dataset = _dataset(args, cfg, size_wh=contract.input_size_wh, color=contract.color, splits=(split,))
+    report = evaluate_model(predictor, dataset, split)
+    _print_report(report)
+    if args.out is not None:
+        path = write_report(report, args.out)
+        print(f"wrote {path} and {path.parent / 'confusion_matrix.png'}")
+    return 0
+
+
+def _keras_with_contract(args: argparse.Namespace, cfg: TrainingConfig) -> tuple[Any, ModelContract]:
+    """Load a Keras model and its contract: the ``.contract.json`` beside it, else derived; flags win."""
+    from training.export import contract_for_keras, load_keras_model, read_sidecar_contract, sidecar_path
+
+    model = load_keras_model(args.model)
+    base = read_sidecar_contract(args.model)
+    if base is not None:
+        return model, _override_contract(base, args)
+    normalize = parse_normalize(args.normalize) if args.normalize else None
+    if normalize is None:
+        log.warning("no --normalize given and no %s: assuming input = uint8 / 255", sidecar_path(args.model).name)
+    crop_margin = getattr(args, "crop_margin", None)
+    contract = contract_for_keras(
+        model, labels=_parse_labels(args.labels), color=args.color, normalize=normalize,
+        crop_margin=cfg.crop_margin if crop_margin is None else crop_margin,
+        output=getattr(args, "output_kind", None), origin=f"model '{args.model}'",
+    )
+    return model, contract
+
+
+def _override_contract(contract: ModelContract, args: argparse.Namespace) -> ModelContract:
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    labels = _parse_labels(args.labels)
+    if labels is not None:
+        changes["labels"] = labels
+    if args.normalize is not None:
+        changes["normalize_scale"], changes["normalize_offset"] = parse_normalize(args.normalize)
+    if args.color is not None:
+        changes["color"] = args.color
+    if getattr(args, "crop_margin", None) is not None:
+        changes["crop_margin"] = args.crop_margin
+    if getattr(args, "output_kind", None) is not None:
+        changes["output"] = args.output_kind
+    if not changes:
+        return contract
+    updated = dataclasses.replace(contract, **changes)
+    try:
+        updated.validate("command line")
+    except ModelError as err:
+        raise ConfigError(str(err)) from err
+    return updated
+
+
+def _export(args: argparse.Namespace) -> int:
+    cfg = _load(args).training
+    _quiet_converters()
+    from training.data import load_image_array
+    from training.export import export_keras
+
+    model, contract = _keras_with_contract(args, cfg)
+    parity_path = args.parity_images or args.model.parent / "parity_images.npy"
+    if args.parity_images is None and not parity_path.is_file():
+        raise ConfigError("export: the parity check needs real face crops: pass --parity-images DIR "
+                          "(a folder of face images) or a .npy uint8 array")
+    images = load_image_array(parity_path)
+    report = export_keras(model, args.out, contract, parity_inputs=images, parity_color="bgr",
+                          opset=args.opset, atol=args.atol)
+    print(f"wrote {report.path}: {len(contract.labels)} labels ({', '.join(contract.labels)}), input "
+          f"{contract.input_size_wh[0]}x{contract.input_size_wh[1]} {contract.color}, opset {report.opset}")
+    print(f"parity on {report.n_samples} images: max |keras - onnx| {report.max_abs_diff:.1e}, "
+          f"argmax agreement {100 * report.argmax_agreement:.1f}%")
+    return 0

@@ -1,0 +1,432 @@
+"""Train a classifier, choose its checkpoint on validation, test it, export it.
+
+:func:`train` runs the whole recipe into a run folder:
+
+``model.keras``
+    The checkpoint with the best validation accuracy (batch-norm statistics
+    re-estimated, see :mod:`training.model`), with ``model.contract.json``.
+``model.onnx``
+    The same model for ``emostream run --model``, contract in its metadata,
+    parity-checked against Keras on test images (``parity_images.npy``).
+``report.json``, ``confusion_matrix.png``
+    Test-split scores of that checkpoint (:mod:`training.evaluate`), plus the
+    validation scores, the training settings and the export parity.
+``history.csv``, ``history.png``
+    Loss, accuracy and learning rate per epoch.
+
+The checkpoint, early stopping and learning-rate reduction only ever look at
+the validation split (FER2013 ``PublicTest``); the test split
+(``PrivateTest``) is scored once, at the end.
+
+Loss is categorical cross-entropy on the softmax output (one-hot or vote
+targets); augmentation (rotation, shifts, horizontal flip) runs as Keras
+preprocessing layers in the ``tf.data`` input pipeline, so the saved model
+holds no augmentation layers. Class weights (optional) are the "balanced"
+``n / (k * count)`` weights, applied as per-image sample weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stream.config import TrainingConfig
+from stream.contract import ModelContract
+from stream.errors import DataError, ModelError, OutputError
+from training.data import Dataset, Split, convert_images
+from training.evaluate import (
+    EvaluationReport,
+    KerasPredictor,
+    evaluate_model,
+    plot_history,
+    write_report,
+)
+from training.export import ExportReport, export_keras, write_sidecar_contract
+from training.model import (
+    BatchNormRecalibration,
+    auto_bn_momentum,
+    batch_norm_layers,
+    build_model,
+    count_params,
+)
+
+__all__ = ["EpochProgress", "TrainResult", "class_weights", "train"]
+
+log = logging.getLogger(__name__)
+
+#: Number of test images the ONNX export is checked on (and kept as ``parity_images.npy``).
+PARITY_IMAGES = 64
+_MIN_LEARNING_RATE = 1e-6
+_REDUCE_LR_FACTOR = 0.5
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """What one finished epoch reports.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        epochs: Planned number of epochs.
+        loss: Training loss (on augmented images, dropout on).
+        accuracy: Training accuracy (same conditions).
+        val_loss: Validation loss, inference mode.
+        val_accuracy: Validation accuracy, inference mode.
+        learning_rate: Learning rate used in this epoch.
+        seconds: Wall time of the epoch, validation included.
+        best: Whether this epoch is the best so far (checkpoint written).
+    """
+
+    epoch: int
+    epochs: int
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    learning_rate: float
+    seconds: float
+    best: bool
+
+    def line(self) -> str:
+        """One human-readable line."""
+        mark = "  *best" if self.best else ""
+        return (f"epoch {self.epoch}/{self.epochs}  loss {self.loss:.4f}  acc {100 * self.accuracy:.2f}%  "
+                f"val_loss {self.val_loss:.4f}  val_acc {100 * self.val_accuracy:.2f}%  "
+                f"lr {self.learning_rate:.2g}  {self.seconds:.0f}s{mark}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a run left its files and how it scored.
+
+    Attributes:
+        run_dir: The run folder.
+        model_path: ``model.keras`` (best validation checkpoint).
+        onnx_path: ``model.onnx``.
+        test: Scores of the checkpoint on the test split.
+        validation: Scores of the checkpoint on the validation split.
+        export: Parity of the ONNX export.
+        epochs_run: Epochs actually run (early stopping may cut them short).
+        best_epoch: 1-based epoch of the checkpoint.
+        seconds_per_epoch: Mean wall time per epoch.
+    """
+
+    run_dir: Path
+    model_path: Path
+    onnx_path: Path
+    test: EvaluationReport
+    validation: EvaluationReport
+    export: ExportReport
+    epochs_run: int
+    best_epoch: int
+    seconds_per_epoch: float
+
+
+def class_weights(split: Split, n_labels: int) -> np.ndarray:
+    """Balanced class weights ``n / (k * count_c)`` from the hard labels of ``split``."""
+    counts = split.class_counts(n_labels).astype(np.float64)
+    weights = np.zeros(n_labels)
+    present = counts > 0
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+class _Recalibrate(keras.callbacks.Callback):
+    """Re-estimates batch-norm statistics right before each validation inside ``fit``."""
+
+    def __init__(self, recal: BatchNormRecalibration, images: np.ndarray) -> None:
+        super().__init__()
+        self.recal = recal
+        self.images = images
+        self.seconds = 0.0
+        self._fitting = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._fitting = True
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._fitting = False
+
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self._fitting:
+            start = time.perf_counter()
+            self.recal.run(self.images)
+            self.seconds += time.perf_counter() - start
+
+
+class _Progress(keras.callbacks.Callback):
+    """One line per epoch, and a step bar on a terminal."""
+
+    def __init__(self, epochs: int, steps: int, report: Callable[[EpochProgress], None],
+                 step_bar: bool) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.steps = steps
+        self.report = report
+        self.step_bar = step_bar
+        self.best = -math.inf
+        self.best_epoch = 0
+        self.times: list[float] = []
+        self._start = 0.0
+        self._bar: Any = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+        if self.step_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                             file=sys.stderr, unit="step")
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        logs = logs or {}
+        seconds = time.perf_counter() - self._start
+        self.times.append(seconds)
+        val_accuracy = float(logs.get("val_accuracy", float("nan")))
+        best = val_accuracy > self.best
+        if best:
+            self.best, self.best_epoch = val_accuracy, epoch + 1
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.report(EpochProgress(
+            epoch=epoch + 1, epochs=self.epochs, loss=float(logs.get("loss", float("nan"))),
+            accuracy=float(logs.get("accuracy", float("nan"))), val_loss=float(logs.get("val_loss", float("nan"))),
+            val_accuracy=val_accuracy, learning_rate=lr, seconds=seconds, best=best,
+        ))
+
+
+def _log_progress(progress: EpochProgress) -> None:
+    log.info("%s", progress.line())
+
+
+def _augmenter(config: TrainingConfig) -> keras.Sequential | None:
+    """The ImageDataGenerator recipe as Keras preprocessing layers (edge pixels repeated)."""
+    if not config.augment:
+        return None
+    steps: list[keras.layers.Layer] = []
+    if config.rotation_deg > 0:
+        steps.append(keras.layers.RandomRotation(config.rotation_deg / 360.0, fill_mode="nearest",
+                                                 seed=config.seed + 1))
+    if config.shift > 0:
+        steps.append(keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="nearest",
+                                                    seed=config.seed + 2))
+    if config.horizontal_flip:
+        steps.append(keras.layers.RandomFlip("horizontal", seed=config.seed + 3))
+    return keras.Sequential(steps, name="augment") if steps else None
+
+
+def _pipeline(
+    split: Split, contract: ModelContract, batch_size: int, *, seed: int, training: bool,
+    augmenter: keras.Sequential | None = None, weights: np.ndarray | None = None,
+) -> tf.data.Dataset:
+    scale = np.float32(contract.normalize_scale)
+    offset = np.float32(contract.normalize_offset)
+    tensors: tuple[np.ndarray, ...] = (split.images, split.targets)
+    if weights is not None:
+        tensors = (*tensors, weights[split.label_index].astype(np.float32))
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if training:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def prepare(x: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        x = tf.cast(x, tf.float32) * scale + offset
+        if augmenter is not None:
+            x = augmenter(x, training=True)
+        return (x, *rest)
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _check_dataset(dataset: Dataset) -> None:
+    train_split = dataset.splits.get("train")
+    if train_split is None or len(train_split) == 0:
+        raise DataError(f"{dataset.source}: the train split has no images")
+    for name in ("val", "test"):
+        if name not in dataset.splits or len(dataset.splits[name]) == 0:
+            raise DataError(f"{dataset.source}: the {name} split has no images (add images, or "
+                            "give train/ val/ test/ folders)")
+    empty = [label for label, n in zip(dataset.labels, train_split.class_counts(len(dataset.labels)),
+                                       strict=True) if n == 0]
+    if empty:
+        raise DataError(f"{dataset.source}: classes {empty} have no training images")
+
+
+def train(
+    dataset: Dataset,
+    run_dir: Path,
+    config: TrainingConfig | None = None,
+    *,
+    progress: Callable[[EpochProgress], None] | None = None,
+    step_bar: bool = False,
+    opset: int = 17,
+) -> TrainResult:
+    """Train ``config.arch`` on ``dataset`` and write the run folder (see the module docstring).
+
+    Args:
+        dataset: Train, val and test splits (any size and colour: they are
+            converted to ``config.input_size`` and ``config.color``).
+        run_dir: Output folder; created, existing files of the same names replaced.
+        config: Training settings; defaults to :class:`~stream.config.TrainingConfig`.
+        progress: Called after every epoch; default logs one INFO line.
+        step_bar: Show a per-step progress bar on stderr.
+        opset: ONNX opset of ``model.onnx``.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        DataError: A split or a class has no images.
+        ConfigError: Unknown architecture or impossible input shape.
+        ModelError: Training diverged or the export failed its parity check.
+        OutputError: The run folder cannot be written.
+    """
+    config = config or TrainingConfig()
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"run folder '{run_dir}' could not be created: {err.strerror or err}") from err
+    _check_dataset(dataset)
+    keras.utils.set_random_seed(config.seed)
+
+    contract = ModelContract(
+        labels=dataset.labels,
+        input_size_wh=(config.input_size, config.input_size),
+        color=config.color,
+        layout="NHWC",
+        normalize_scale=1.0 / 255.0,
+        normalize_offset=0.0,
+        crop_margin=config.crop_margin,
+        output="probabilities",
+    )
+    data = dataset.converted(contract.input_size_wh, contract.color)
+    train_split, val_split, test_split = data.splits["train"], data.splits["val"], data.splits["test"]
+    n_labels = len(data.labels)
+    steps = math.ceil(len(train_split) / config.batch_size)
+    momentum = auto_bn_momentum(steps) if config.bn_momentum == "auto" else float(config.bn_momentum)
+    model = build_model(config.arch, contract.input_shape(), n_labels, bn_momentum=momentum)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    log.info("%s", data.summary())
+    log.info("model %s: %s parameters, input %s, batch-norm momentum %.3f", config.arch,
+             f"{count_params(model):,}", contract.input_shape(), momentum)
+
+    weights = class_weights(train_split, n_labels) if config.class_weights else None
+    if weights is not None:
+        log.info("class weights: %s", ", ".join(f"{lab} {w:.2f}" for lab, w in zip(data.labels, weights,
+                                                                                   strict=True)))
+    train_ds = _pipeline(train_split, contract, config.batch_size, seed=config.seed, training=True,
+                         augmenter=_augmenter(config), weights=weights)
+    val_ds = _pipeline(val_split, contract, config.batch_size, seed=config.seed, training=False)
+
+    model_path = run_dir / "model.keras"
+    history_csv = run_dir / "history.csv"
+    for stale in (model_path, history_csv):
+        stale.unlink(missing_ok=True)
+    reporter = _Progress(config.epochs, steps, progress or _log_progress, step_bar)
+    callbacks: list[keras.callbacks.Callback] = []
+    recal = _recalibration(model, train_split, contract, config)
+    if recal is not None:
+        callbacks.append(recal)
+    callbacks += [
+        keras.callbacks.ModelCheckpoint(model_path, monitor="val_accuracy", mode="max", save_best_only=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if config.early_stopping_patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                                       patience=config.early_stopping_patience))
+    if config.reduce_lr_patience > 0:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=_REDUCE_LR_FACTOR,
+                                                           patience=config.reduce_lr_patience,
+                                                           min_lr=_MIN_LEARNING_RATE))
+    callbacks += [keras.callbacks.CSVLogger(str(history_csv)), reporter]
+
+    started = time.perf_counter()
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
+                        shuffle=False, verbose=0)
+    train_seconds = time.perf_counter() - started
+    epochs_run = len(history.history.get("loss", []))
+    if not model_path.is_file():
+        raise ModelError(f"training produced no checkpoint in {epochs_run} epochs (loss "
+                         f"{history.history.get('loss', ['?'])[-1]}); try a lower learning rate")
+
+    best = keras.models.load_model(model_path, compile=False)
+    write_sidecar_contract(model_path, contract)
+    predictor = KerasPredictor(best, contract, name=str(model_path))
+    validation = evaluate_model(predictor, data, "val")
+    test = evaluate_model(predictor, data, "test")
+
+    parity = test_split.images[:PARITY_IMAGES]
+    parity_bgr = convert_images(parity, data.color, contract.input_size_wh,
+                                "gray" if contract.color == "gray" else "bgr")
+    np.save(run_dir / "parity_images.npy", parity_bgr)
+    export = export_keras(best, run_dir / "model.onnx", contract, parity_inputs=parity_bgr,
+                          parity_color="bgr", opset=opset)
+
+    plot_history(history_csv, run_dir / "history.png")
+    seconds_per_epoch = float(np.mean(reporter.times)) if reporter.times else 0.0
+    settings = dataclasses.asdict(config)
+    settings["bn_momentum_used"] = momentum
+    extra = {
+        "validation": {"accuracy": validation.accuracy, "macro_f1": validation.macro_f1,
+                       "n_samples": validation.n_samples},
+        "training": {
+            "settings": settings,
+            "dataset": {"source": dataset.source, "notes": list(dataset.notes),
+                        "sizes": {name: len(data.splits[name]) for name in data.splits},
+                        "train_class_counts": dict(zip(data.labels,
+                                                       map(int, train_split.class_counts(n_labels)),
+                                                       strict=True))},
+            "parameters": count_params(model),
+            "epochs_run": epochs_run,
+            "best_epoch": reporter.best_epoch,
+            "seconds_total": train_seconds,
+            "seconds_per_epoch": seconds_per_epoch,
+            "bn_recalibration": {"layers": len(recal.recal.layers) if recal else 0,
+                                 "images": len(recal.images) if recal else 0,
+                                 "seconds_total": recal.seconds if recal else 0.0},
+        },
+        "export": export.to_dict(),
+    }
+    test = dataclasses.replace(test, extra=extra)
+    write_report(test, run_dir)
+    log.info("run folder %s: %s; ONNX parity max |diff| %.1e", run_dir, test.summary(), export.max_abs_diff)
+    return TrainResult(run_dir, model_path, export.path, test, validation, export, epochs_run,
+                       reporter.best_epoch, seconds_per_epoch)
+
+
+def _recalibration(
+    model: keras.Model, train_split: Split, contract: ModelContract, config: TrainingConfig
+) -> _Recalibrate | None:
+    if config.bn_recalibration_samples == 0 or not batch_norm_layers(model):
+        return None
+    try:
+        recal = BatchNormRecalibration(model)
+    except ModelError as err:
+        log.warning("batch-norm statistics will not be re-estimated: %s", err)
+        return None
+    n = min(len(train_split), config.bn_recalibration_samples)
+    pick = np.random.default_rng(config.seed).choice(len(train_split), size=n, replace=False)
+    images = train_split.images[np.sort(pick)].astype(np.float32)
+    images = images * np.float32(contract.normalize_scale) + np.float32(contract.normalize_offset)
+    return _Recalibrate(recal, images)
