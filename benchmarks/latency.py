@@ -217,6 +217,16 @@ def measure(
     return report, rows
 
 
+def _busy(work_ms: float) -> Process:
+    """A plug-in step that holds each batch for ``work_ms`` (a slow model)."""
+
+    def process(frames: list[Frame]) -> list[float]:
+        time.sleep(work_ms / 1000.0)
+        return [time.perf_counter()] * len(frames)
+
+    return process
+
+
 def _take_what_is_there(frames: queue.Queue, batch_size: int) -> list[Frame]:
     try:
         item = frames.get(timeout=0.1)
@@ -332,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("tcp", "udp"), default="tcp")
     parser.add_argument("--config", type=Path, help="config.yaml (capture, runtime sections)")
     parser.add_argument("--json", type=Path, help="write the reports (and per-frame rows) here")
+    parser.add_argument(
+        "--work-ms",
+        type=float,
+        default=0.0,
+        help="capture stage: a stand-in step that takes this long per batch (shows newest-frame dropping)",
+    )
     args = parser.parse_args(argv)
     missing = gstreamer_missing()
     if missing:
@@ -355,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                 if stage == "pipeline":
                     report = measure_pipeline(server.url, config, args.seconds, tmp_dir, (w, h), args.fps)
                 else:
-                    report, rows = measure(server.url, config, args.seconds, stage=stage)
+                    process = _busy(args.work_ms) if stage == "capture" and args.work_ms > 0 else None
+                    report, rows = measure(server.url, config, args.seconds, process=process, stage=stage)
                     per_frame[stage] = rows
                 report.machine, report.command = machine, command
                 reports.append(report)
