@@ -177,8 +177,8 @@ def measure(
             capture.start()
             inference = InferenceThread(
                 capture.frames,
-                timed,
-                models.classifier,  # type: ignore[arg-type]
+                timed,  # type: ignore[arg-type]  # a FaceDetector that notes batch start times
+                models.classifier,
                 _tracker(config, False),
                 config.runtime.batch_size,
                 config.runtime.result_queue_size,
@@ -232,7 +232,7 @@ def _take_what_is_there(frames: queue.Queue, batch_size: int) -> list[Frame]:
         item = frames.get(timeout=0.1)
     except queue.Empty:
         return []
-    batch = []
+    batch: list[Frame] = []
     while True:
         if isinstance(item, StageError):
             raise item.error

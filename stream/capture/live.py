@@ -22,7 +22,8 @@ What makes it *live*:
   capture and reopens it with exponential backoff, until ``reconnect_budget_s``
   of continuous outage is spent; then :class:`SourceError`. ``read`` blocks
   across the outage and returns the next new frame; each gap is logged and
-  kept in :attr:`LiveSource.gaps`.
+  kept in :attr:`LiveSource.gaps`. (A webcam read blocked inside the driver,
+  V4L2 waits up to 10 s, cannot be cut short; the watchdog acts when it returns.)
 - **No credentials in sight.** :attr:`LiveSource.name`, every message and every
   log record show the URL through :func:`stream.redact.redact_url`.
 
