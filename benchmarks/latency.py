@@ -304,6 +304,7 @@ def measure_pipeline(
         summary.frames_dropped,
     )
     report.latency_ms = _stats(summary.latencies_ms)
+    report.duplicates = -1  # not measured: the pipeline keeps no pixels
     report.throughput_fps = summary.fps
     return report
 
@@ -318,7 +319,8 @@ def _table(report: Report) -> str:
         f"stage {report.stage}: {report.size_wh[0]}x{report.size_wh[1]} @ {report.fps:g} fps over RTSP/"
         f"{report.transport}, {report.seconds:g} s  [{report.machine}]",
         f"  frames: {report.captured} captured, {report.processed} processed, {report.dropped} dropped, "
-        f"{report.duplicates} processed twice; {report.throughput_fps:.1f} processed/s",
+        f"{report.duplicates if report.duplicates >= 0 else 'n/a'} processed twice; "
+        f"{report.throughput_fps:.1f} processed/s",
         line("capture -> result latency (ms)", report.latency_ms),
         line("age at processing, capture (ms)", report.age_at_processing_ms),
         line("age at processing, camera send (ms)", report.e2e_age_at_processing_ms),
