@@ -52,7 +52,7 @@ from stream.config import CaptureConfig
 from stream.errors import SourceError
 from stream.redact import redact_url
 
-__all__ = ["CaptureFactory", "LiveSource", "VideoCaptureLike", "is_stream_url", "open_capture"]
+__all__ = ["CaptureFactory", "LiveSource", "VideoCaptureLike", "diagnose_stream", "is_stream_url", "open_capture"]
 
 log = logging.getLogger(__name__)
 
