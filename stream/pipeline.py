@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stream.capture import CaptureThread, FrameSource, ImageSource, open_source
+from stream.capture import CaptureThread, FrameSource, ImageSource, LiveSource, open_source
 from stream.config import Config
 from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
 from stream.records import EndOfStream, FrameResult, StageError
-from stream.render import EventLog, ImageWriter, VideoRecorder, Window, annotate, display_available
+from stream.render import EventLog, ImageWriter, VideoRecorder, Window, annotate, display_available, event_record
 from stream.track import IouTracker
 
 __all__ = ["Models", "RunOptions", "RunSummary", "default_outputs", "load_models", "run"]
@@ -153,7 +153,9 @@ def run(source_spec: str, config: Config, options: RunOptions, models: Models | 
         labels = models.classifier.labels
         writer, events = _open_outputs(source, image_mode, labels, config, options)
         writers = [w for w in (writer, events) if w is not None]
-        show = options.display if options.display is not None else (source.live and display_available())
+        # Default window: a webcam on a machine with a display (a camera URL usually runs headless).
+        webcam = isinstance(source, LiveSource) and not source.is_url
+        show = options.display if options.display is not None else (webcam and display_available())
         window = Window(f"emostream - {source.name}") if show else None
 
         capture = CaptureThread(source, config.capture.live_buffer if source.live else config.capture.queue_size,
@@ -192,7 +194,7 @@ def _open_outputs(source: FrameSource, image_mode: bool, labels: tuple[str, ...]
         writer = ImageWriter(video_path) if image_mode else VideoRecorder(
             video_path, source.size_wh, source.fps, config.output.codec)
     try:
-        events = EventLog(events_path, labels) if events_path is not None else None
+        events = EventLog(events_path) if events_path is not None else None
     except BaseException:
         if writer is not None:
             writer.close()
@@ -206,6 +208,23 @@ def _tracker(config: Config, image_mode: bool) -> IouTracker:
     return IouTracker(t.iou_threshold, t.max_missed_frames, t.smoothing_alpha if smooth else 1.0)
 
 
+class _GapWatch:
+    """Finds the first frame after each outage of a live source (its ``gaps``, in media time)."""
+
+    def __init__(self, source: FrameSource) -> None:
+        self._gaps: list[tuple[float, float]] = getattr(source, "gaps", [])
+        self._seen = 0
+
+    def ended_before(self, t_media_s: float) -> float:
+        """Seconds of outage that ended before ``t_media_s`` and were not reported yet (0 if none)."""
+        total = 0.0
+        # The capture thread appends; reading a list's length and items is safe under the GIL.
+        while self._seen < len(self._gaps) and sum(self._gaps[self._seen]) <= t_media_s + 1e-6:
+            total += self._gaps[self._seen][1]
+            self._seen += 1
+        return total
+
+
 def _consume(results: queue.Queue, labels: tuple[str, ...], writer: VideoRecorder | ImageWriter | None,
              events: EventLog | None, window: Window | None, config: Config, options: RunOptions,
              source: FrameSource, summary: RunSummary) -> None:
@@ -214,6 +233,7 @@ def _consume(results: queue.Queue, labels: tuple[str, ...], writer: VideoRecorde
                     disable=not config.output.progress or source.frame_count == 1, leave=False)
     t_start = time.perf_counter()
     recent: list[float] = []
+    gaps = _GapWatch(source)
     try:
         while True:
             if options.max_seconds is not None and time.perf_counter() - t_start >= options.max_seconds:
@@ -240,7 +260,11 @@ def _consume(results: queue.Queue, labels: tuple[str, ...], writer: VideoRecorde
             if writer is not None:
                 writer.write(result.frame.image_bgr)
             if events is not None:
-                events.write(result)
+                record = event_record(result, labels)
+                gap_s = gaps.ended_before(result.frame.t_media_s)
+                if gap_s:
+                    record["gap_s"] = round(gap_s, 3)  # the source was down this long before this frame
+                events.write_record(record)
             summary.frames_processed += 1
             summary.faces += len(result.faces)
             summary.label_counts.update(labels[int(np.argmax(f.probs))] for f in result.faces)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.rtsp_fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 

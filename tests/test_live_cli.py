@@ -141,6 +141,9 @@ def test_rtsp_run_continues_after_the_camera_comes_back(camera: RtspServer, tmp_
     times = [e["t"] for e in events]
     jumps = [(a, b) for a, b in itertools.pairwise(times) if b - a > 0.3]
     assert len(jumps) == 1, f"expected one gap in the event log, got {jumps}"
+    marked = [e for e in events if "gap_s" in e]
+    assert len(marked) == 1 and marked[0]["t"] == jumps[0][1]  # the first frame after the outage says so
+    assert marked[0]["gap_s"] > 0.3
     after = [t for t in times if t > jumps[0][1] - 1e-9]
     assert len(after) >= 10, "frames resumed after the gap"
     assert count_frames(out) == len(events)

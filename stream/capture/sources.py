@@ -151,7 +151,7 @@ class ImageSource:
 
     live = False
     fps = 1.0
-    frame_count = 1
+    frame_count: int | None = 1
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

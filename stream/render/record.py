@@ -126,17 +126,13 @@ def event_record(result: FrameResult, labels: Sequence[str]) -> dict:
 class EventLog:
     """JSON Lines, one line per processed frame, in order; flushed so a crash loses little."""
 
-    def __init__(self, path: Path, labels: Sequence[str]) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = check_writable(path, "event log")
-        self.labels = list(labels)
         self.lines = 0
         try:
             self._file: IO[str] | None = open(self.path, "w", encoding="utf-8")  # noqa: SIM115
         except OSError as err:
             raise OutputError(f"event log '{path}' could not be written: {err.strerror or err}") from err
-
-    def write(self, result: FrameResult) -> None:
-        self.write_record(event_record(result, self.labels))
 
     def write_record(self, record: dict) -> None:
         if self._file is None:
