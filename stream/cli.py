@@ -88,12 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
 
-    try:
-        from training.cli import register
-    except ImportError:  # pragma: no cover - training/ is part of this repository
-        register = None
-    if register is not None:
-        register(sub)
+    from training.cli import register  # adds train/evaluate/export; imports TensorFlow only when they run
+
+    register(sub)
     return parser
 
 
