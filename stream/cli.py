@@ -154,7 +154,12 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emostream`` script and ``python -m stream``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after "bench" (--help included) belongs to benchmarks/fps.py's own parser.
+        args = argparse.Namespace(command="bench", bench_args=argv[1:], func=_cmd_bench, verbose=0)
+    else:
+        args = parser.parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="emostream: %(levelname)s: %(message)s")
     if args.verbose < 2:
