@@ -8,7 +8,7 @@ annotated frames written to an mp4v video, no per-frame JPEGs, no window.
 
     python benchmarks/_fer_peer.py CLIP --frames N --repeats R --warmup-frames W --outdir DIR [--keras]
 
-Prints one JSON object on its last stdout line: seconds per repeat, frames and
+Repeats as ``_timing.enough_runs`` says. Prints one JSON object on its last stdout line: seconds per run, frames and
 faces per frame of the last repeat, and the fer/TensorFlow versions.
 """
 
@@ -24,6 +24,8 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from _timing import enough_runs  # this script's folder is on sys.path
 
 
 class _CountingDetector:
@@ -72,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0, counting.faces_per_frame
 
     once(min(args.warmup_frames, args.frames))
-    seconds = []
+    seconds: list[float] = []
     faces: list[int] = []
-    for _ in range(args.repeats):
+    while not enough_runs(seconds, args.repeats):
         s, faces = once(args.frames)
         seconds.append(s)
     print(json.dumps({

@@ -54,6 +54,7 @@ if str(BENCH_DIR) not in sys.path:
 
 from _clips import Clip, describe_clip, make_clips  # noqa: E402
 from _threads import ThreadCpu  # noqa: E402
+from _timing import LONG_RUN_S, WARMUP_FRAMES, Measure, enough_runs, measure  # noqa: E402
 
 from stream.capture import CaptureThread, FileSource  # noqa: E402
 from stream.config import Config, load_config  # noqa: E402
@@ -70,69 +71,12 @@ log = logging.getLogger("emostream.bench")
 
 #: Frames held in memory for the stage measurements (decoded once, reused by every batch size).
 STAGE_FRAMES = 64
-#: Frames of the untimed warm-up before each measurement.
-WARMUP_FRAMES = 60
 #: Targets from the issue, checked on the bundled clips with the CPU provider.
 TARGET_VGA_FPS = 200.0
 TARGET_SHARE_OF_LIMIT = 0.5
 TARGET_X_FER = 6.0
 TARGET_DETECT = {"vga": 0.99, "quad": 0.95}
 FER_INSTALL = "pip install --no-deps fer==25.10.3 && pip install pandas pillow requests tqdm tensorflow"
-
-
-# --------------------------------------------------------------------------------------------- timing
-
-
-@dataclass
-class Measure:
-    """One measured thing: frames per timed run and the seconds of each run."""
-
-    frames: int
-    seconds: list[float]
-    faces: int = 0
-
-    @property
-    def s(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.s if self.s > 0 else 0.0
-
-    @property
-    def ms_per_frame(self) -> float:
-        return 1000.0 * self.s / self.frames if self.frames else 0.0
-
-    @property
-    def ms_per_face(self) -> float | None:
-        return 1000.0 * self.s / self.faces if self.faces else None
-
-    def to_json(self) -> dict[str, Any]:
-        out = {"frames": self.frames, "seconds": [round(s, 5) for s in self.seconds],
-               "fps": round(self.fps, 2), "ms_per_frame": round(self.ms_per_frame, 4)}
-        if self.faces:
-            out["faces"] = self.faces
-            out["ms_per_face"] = round(self.ms_per_face or 0.0, 4)
-        return out
-
-
-def measure(fn: Callable[[int], int], frames: int, repeats: int, warmup_frames: int = WARMUP_FRAMES,
-            faces: int = 0) -> Measure:
-    """Time ``fn(frames)`` ``repeats`` times after one untimed ``fn(warmup_frames)``.
-
-    ``fn`` returns how many frames it really handled; a run that handled fewer
-    than asked is an error (a reader that stops early must not look fast).
-    """
-    if warmup_frames > 0:
-        fn(min(warmup_frames, frames))
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        done = fn(frames)
-        seconds.append(time.perf_counter() - t0)
-        if done != frames:
-            raise RuntimeError(f"handled {done} frames, expected {frames}")
-    return Measure(frames, seconds, faces)
 
 
 # ------------------------------------------------------------------------------------- 1. I/O limit
@@ -396,7 +340,10 @@ def bench_pipeline(clip: Clip, frames: int, config: Config, models: Models, reco
         return seconds, summary, cpu.groups(), cpu.machine_busy_share()
 
     once(min(WARMUP_FRAMES, frames))
-    runs = sorted((once(frames) for _ in range(repeats)), key=lambda r: r[0])
+    runs: list[tuple[float, RunSummary, dict[str, float], float | None]] = []
+    while not enough_runs([r[0] for r in runs], repeats):
+        runs.append(once(frames))
+    runs.sort(key=lambda r: r[0])
     seconds, summary, cpu, machine_busy = runs[(len(runs) - 1) // 2]
     m = Measure(frames, [r[0] for r in runs])
     row: dict[str, Any] = {"recording": recording, "batch": cfg.runtime.batch_size, **m.to_json(),
@@ -809,7 +756,8 @@ def table(report: dict[str, Any]) -> str:
         f"{', '.join(report['providers']) or 'none'}",
         f"load average (1/5/15 min): {report['load_start']} at start, {report['load_end']} at end",
         f"command: {report['command']}",
-        f"each figure: median of {report['repeats']} timed runs after an untimed warm-up; "
+        f"each figure: median of {report['repeats']} timed runs after an untimed warm-up (2 where the first "
+        f"takes over {LONG_RUN_S:.0f} s); "
         f"config: batch {report['config']['batch_size']}, {report['config']['detector']}, "
         f"{report['config']['classifier']}",
     ]
