@@ -63,7 +63,7 @@ from stream.infer import EmotionClassifier, crop_faces  # noqa: E402
 from stream.infer.session import PROVIDER_NAMES, resolve_providers  # noqa: E402
 from stream.pipeline import Models, RunOptions, RunSummary, load_models, run  # noqa: E402
 from stream.records import EndOfStream, Face, Frame, FrameResult, StageError  # noqa: E402
-from stream.render import EventLog, annotate  # noqa: E402
+from stream.render import EventLog, annotate, event_record  # noqa: E402
 
 __all__ = ["main", "usable_providers"]
 
@@ -302,9 +302,9 @@ def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence
                for i, (f, faces) in enumerate(zip(frames, results_proto, strict=True))]
     with tempfile.TemporaryDirectory() as tmp:
         def write_events(k: int) -> int:
-            with EventLog(Path(tmp) / "events.jsonl", classifier.labels) as log_file:
+            with EventLog(Path(tmp) / "events.jsonl") as log_file:
                 for r in results:
-                    log_file.write(r)
+                    log_file.write_record(event_record(r, classifier.labels))
             return k
 
         m = measure(write_events, n, repeats, warmup_frames=0, faces=n_faces)

@@ -70,8 +70,6 @@ def test_benchmark_runs_on_a_tiny_clip(tiny_clip: Path, tmp_path: Path) -> None:
         assert _positive(p.get("fps")) or p.get("skipped")
 
 
-@pytest.mark.xfail(strict=True, reason="stream/cli.py: argparse.REMAINDER does not take a first argument that starts "
-                   "with '-', so 'emostream bench --help' (or --frames ...) is rejected; reported to the lead")
 def test_bench_subcommand_help() -> None:
     proc = run_cli("bench", "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
