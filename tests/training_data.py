@@ -96,7 +96,7 @@ def write_fer2013_csv(
         extra_rows: ``(pixels, Usage)`` rows of pure noise appended with label 0 (for FERPlus NF rows).
 
     Returns:
-        The ``emotion`` column as written, per row.
+        The texture kind of each row (the ``emotion`` column, except texture 7 which is filed as 6).
     """
     per_class = per_class or {"Training": 36, "PublicTest": 10, "PrivateTest": 10}
     rng = np.random.default_rng(seed)
@@ -108,7 +108,8 @@ def write_fer2013_csv(
             kinds = np.repeat(np.arange(n_classes), n)
             rng.shuffle(kinds)
             for k in kinds:
-                writer.writerow([int(k), _pixels(make_pattern(int(k), rng)), usage])
+                # FER2013 has no contempt: texture 7 (FERPlus contempt) is filed as neutral.
+                writer.writerow([min(int(k), 6), _pixels(make_pattern(int(k), rng)), usage])
                 emotions.append(int(k))
         for pixels, usage in extra_rows:
             writer.writerow([0, pixels, usage])

@@ -14,11 +14,7 @@ name that needs it does. Modules:
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
-
-# TensorFlow prints pages of C++ start-up logs unless told otherwise before import.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __all__ = [
     "ARCHITECTURES",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -191,9 +192,41 @@ def _training_config(args: argparse.Namespace, names: tuple[str, ...]) -> Traini
     return _load(args).with_overrides(overrides).training
 
 
-def _quiet_converters() -> None:
+def _import_tensorflow() -> str:
+    """Import TensorFlow with its C++ start-up chatter hidden; hint at the extra when it is missing.
+
+    TensorFlow writes to file descriptor 2 before its log level applies
+    ("All log messages before absl::InitializeLog() ..."), and on a machine
+    without CUDA an error line on first device use. Neither says anything
+    the user can act on, so both go to /dev/null.
+
+    Returns:
+        One line naming the TensorFlow version and the device it will use.
+
+    Raises:
+        ConfigError: TensorFlow (the ``train`` extra) is not installed.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            sys.stderr.flush()
+            os.dup2(null.fileno(), 2)
+            try:
+                import keras  # noqa: F401
+                import tensorflow as tf
+
+                gpus = tf.config.list_physical_devices("GPU")
+            finally:
+                os.dup2(saved, 2)
+    except ImportError as err:
+        raise ConfigError(f"training needs TensorFlow and tf2onnx: pip install 'emostream[train]' ({err})") from err
+    finally:
+        os.close(saved)
     # tf2onnx logs every optimisation pass at INFO.
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    device = ", ".join(g.name for g in gpus) if gpus else "CPU (no GPU visible to TensorFlow)"
+    return f"TensorFlow {tf.__version__} on {device}"
 
 
 def _dataset(args: argparse.Namespace, cfg: TrainingConfig, *, size_wh: tuple[int, int], color: str,
@@ -221,11 +254,11 @@ def _print_report(report: Any) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = _training_config(args, _TRAIN_FLAGS + _DATA_FLAGS)
-    _quiet_converters()
-    from training.trainer import train
-
     size = (cfg.input_size, cfg.input_size)
     dataset = _dataset(args, cfg, size_wh=size, color=cfg.color, splits=("train", "val", "test"))
+    print(dataset.summary(), file=sys.stderr)
+    print(_import_tensorflow(), file=sys.stderr)
+    from training.trainer import train
 
     def show(progress: Any) -> None:
         print(progress.line(), file=sys.stderr, flush=True)
@@ -248,6 +281,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import KerasPredictor, evaluate_model, load_predictor, write_report
 
     predictor: Any
+    if args.model.suffix.lower() != ".onnx":
+        _import_tensorflow()
     if args.model.suffix.lower() == ".onnx":
         if args.labels or args.normalize or args.color:
             raise ConfigError(f"--labels / --normalize / --color apply to Keras models only; '{args.model}' "
@@ -314,7 +349,7 @@ def _override_contract(contract: ModelContract, args: argparse.Namespace) -> Mod
 
 def _export(args: argparse.Namespace) -> int:
     cfg = _load(args).training
-    _quiet_converters()
+    _import_tensorflow()
     from training.data import load_image_array
     from training.export import export_keras
 

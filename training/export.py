@@ -271,15 +271,27 @@ def export_keras(
                          f"got {parity_inputs.dtype} {parity_inputs.shape}")
     source_color: Color = parity_color or ("bgr" if contract.color == "gray" else contract.color)
     x = prepare_images(parity_inputs, contract, source_color=source_color)
+    keras_out = np.asarray(model.predict(x, batch_size=64, verbose=0), dtype=np.float32)
+    if contract.output == "probabilities":
+        sums = keras_out.sum(axis=1)
+        if np.any(keras_out < -1e-6) or np.max(np.abs(sums - 1.0)) > 1e-3:
+            raise ModelError(f"{origin}: contract says output 'probabilities' but the outputs do not sum to 1 "
+                             f"(e.g. {float(sums[0]):.3f}); use output 'logits'")
 
     spec = (tf.TensorSpec((None, *contract.input_shape()), tf.float32, name="input"),)
+    # Converting a tf.function of the model in inference mode (rather than
+    # tf2onnx's from_keras) works for functional, Sequential and subclassed
+    # Keras 3 models alike, and pins dropout off and batch norm to its moving
+    # statistics in the graph.
+    inference = tf.function(lambda x: model(x, training=False), input_signature=spec)
     try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+        proto, _ = tf2onnx.convert.from_function(inference, input_signature=spec, opset=opset)
     except Exception as err:  # tf2onnx raises anything from its converters
         raise ModelError(f"{origin}: ONNX conversion failed: {str(err).splitlines()[0]}") from err
     if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
         raise ModelError(f"{origin}: the ONNX graph has {len(proto.graph.input)} inputs and "
                          f"{len(proto.graph.output)} outputs; the stream needs one of each")
+    _rename_output(proto.graph, contract.output)
     for value in (proto.graph.input[0], proto.graph.output[0]):
         batch_dim = value.type.tensor_type.shape.dim[0]
         batch_dim.ClearField("dim_value")
@@ -292,18 +304,12 @@ def export_keras(
     except onnx.checker.ValidationError as err:
         raise ModelError(f"{origin}: the converted ONNX model is invalid: {str(err).splitlines()[0]}") from err
 
-    keras_out = np.asarray(model.predict(x, batch_size=64, verbose=0), dtype=np.float32)
     onnx_out, onnx_single = _run_onnx(proto.SerializeToString(), x)
     if onnx_out.shape != keras_out.shape:
         raise ModelError(f"{origin}: ONNX output shape {onnx_out.shape} differs from Keras {keras_out.shape}")
     max_abs_diff = float(np.max(np.abs(onnx_out - keras_out)))
     single_diff = float(np.max(np.abs(onnx_single - onnx_out[:1])))
     agreement = float(np.mean(np.argmax(onnx_out, axis=1) == np.argmax(keras_out, axis=1)))
-    if contract.output == "probabilities":
-        sums = keras_out.sum(axis=1)
-        if np.any(keras_out < -1e-6) or np.max(np.abs(sums - 1.0)) > 1e-3:
-            raise ModelError(f"{origin}: contract says output 'probabilities' but the outputs do not sum to 1 "
-                             f"(e.g. {float(sums[0]):.3f}); use output 'logits'")
     log.info("parity on %d images: max |keras - onnx| %.2e, argmax agreement %.1f%%",
              len(x), max_abs_diff, 100 * agreement)
     if max_abs_diff > atol or single_diff > atol or not np.all(np.isfinite(onnx_out)):
@@ -320,6 +326,15 @@ def export_keras(
         Path(tmp).unlink(missing_ok=True)
         raise ModelError(f"model '{out_path}' could not be written: {err.strerror or err}") from err
     return ExportReport(out_path, max_abs_diff, agreement, len(x), opset, contract)
+
+
+def _rename_output(graph: Any, name: str) -> None:
+    """Give the single graph output a readable name (tf2onnx calls it ``Identity:0``)."""
+    old = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    graph.output[0].name = name
 
 
 def _run_onnx(model_bytes: bytes, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,9 @@
 :func:`train` runs the whole recipe into a run folder:
 
 ``model.keras``
-    The checkpoint with the best validation accuracy (batch-norm statistics
-    re-estimated, see :mod:`training.model`), with ``model.contract.json``.
+    The checkpoint with the best validation accuracy, ties broken by the
+    lower validation loss (batch-norm statistics re-estimated, see
+    :mod:`training.model`), with ``model.contract.json`` beside it.
 ``model.onnx``
     The same model for ``emostream run --model``, contract in its metadata,
     parity-checked against Keras on test images (``parity_images.npy``).
@@ -164,18 +165,40 @@ class _Recalibrate(keras.callbacks.Callback):
             self.seconds += time.perf_counter() - start
 
 
+class _BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model when validation accuracy improves, or ties with a lower validation loss.
+
+    Accuracy alone freezes on the first epoch that reaches a plateau (often
+    100 % on small validation sets); the loss then still tells better from worse.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.best: tuple[float, float] = (-math.inf, -math.inf)
+        self.best_epoch = 0
+        self.improved = False
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        key = (float(logs.get("val_accuracy", math.nan)), -float(logs.get("val_loss", math.nan)))
+        self.improved = all(math.isfinite(v) for v in key) and key > self.best
+        if self.improved:
+            self.best, self.best_epoch = key, epoch + 1
+            self.model.save(self.path, overwrite=True)
+
+
 class _Progress(keras.callbacks.Callback):
     """One line per epoch, and a step bar on a terminal."""
 
     def __init__(self, epochs: int, steps: int, report: Callable[[EpochProgress], None],
-                 step_bar: bool) -> None:
+                 step_bar: bool, checkpoint: _BestCheckpoint) -> None:
         super().__init__()
         self.epochs = epochs
         self.steps = steps
         self.report = report
         self.step_bar = step_bar
-        self.best = -math.inf
-        self.best_epoch = 0
+        self.checkpoint = checkpoint
         self.times: list[float] = []
         self._start = 0.0
         self._bar: Any = None
@@ -200,14 +223,11 @@ class _Progress(keras.callbacks.Callback):
         seconds = time.perf_counter() - self._start
         self.times.append(seconds)
         val_accuracy = float(logs.get("val_accuracy", float("nan")))
-        best = val_accuracy > self.best
-        if best:
-            self.best, self.best_epoch = val_accuracy, epoch + 1
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.report(EpochProgress(
             epoch=epoch + 1, epochs=self.epochs, loss=float(logs.get("loss", float("nan"))),
             accuracy=float(logs.get("accuracy", float("nan"))), val_loss=float(logs.get("val_loss", float("nan"))),
-            val_accuracy=val_accuracy, learning_rate=lr, seconds=seconds, best=best,
+            val_accuracy=val_accuracy, learning_rate=lr, seconds=seconds, best=self.checkpoint.improved,
         ))
 
 
@@ -343,15 +363,13 @@ def train(
     history_csv = run_dir / "history.csv"
     for stale in (model_path, history_csv):
         stale.unlink(missing_ok=True)
-    reporter = _Progress(config.epochs, steps, progress or _log_progress, step_bar)
+    checkpoint = _BestCheckpoint(model_path)
+    reporter = _Progress(config.epochs, steps, progress or _log_progress, step_bar, checkpoint)
     callbacks: list[keras.callbacks.Callback] = []
     recal = _recalibration(model, train_split, contract, config)
     if recal is not None:
         callbacks.append(recal)
-    callbacks += [
-        keras.callbacks.ModelCheckpoint(model_path, monitor="val_accuracy", mode="max", save_best_only=True),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+    callbacks += [checkpoint, keras.callbacks.TerminateOnNaN()]
     if config.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
                                                        patience=config.early_stopping_patience))
@@ -399,7 +417,7 @@ def train(
                                                        strict=True))},
             "parameters": count_params(model),
             "epochs_run": epochs_run,
-            "best_epoch": reporter.best_epoch,
+            "best_epoch": checkpoint.best_epoch,
             "seconds_total": train_seconds,
             "seconds_per_epoch": seconds_per_epoch,
             "bn_recalibration": {"layers": len(recal.recal.layers) if recal else 0,
@@ -412,7 +430,7 @@ def train(
     write_report(test, run_dir)
     log.info("run folder %s: %s; ONNX parity max |diff| %.1e", run_dir, test.summary(), export.max_abs_diff)
     return TrainResult(run_dir, model_path, export.path, test, validation, export, epochs_run,
-                       reporter.best_epoch, seconds_per_epoch)
+                       checkpoint.best_epoch, seconds_per_epoch)
 
 
 def _recalibration(
