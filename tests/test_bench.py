@@ -113,3 +113,17 @@ def test_provider_that_falls_back_is_skipped(monkeypatch: pytest.MonkeyPatch) ->
     assert models is None and why.startswith("cuda: not available on this machine")
     models, why = fps.load_for(fps.Config(), "cpu")
     assert models is fake and why == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_ffmpeg", [True, False])
+def test_default_clips(with_ffmpeg: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import _clips
+
+    if not with_ffmpeg:  # what `make demo` alone gives: OpenCV writes mp4v
+        monkeypatch.setattr(_clips, "ffmpeg_exe", lambda: None)
+    vga, quad = _clips.make_clips(tmp_path)
+    assert (vga.name, vga.size_wh, vga.frames, vga.faces_per_frame) == ("vga", (640, 480), 601, 1)
+    assert (quad.name, quad.size_wh, quad.frames, quad.faces_per_frame) == ("quad", (1280, 720), 120, 4)
+    assert ("mp4v" in vga.about) != with_ffmpeg
+    assert _clips.make_clips(tmp_path) == [vga, quad]  # cached: made once
