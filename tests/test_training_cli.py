@@ -236,3 +236,13 @@ def test_fer2013_only_labels(tmp_path: Path) -> None:
     report = _report(tmp_path / "run" / "report.json")
     assert report["training"]["dataset"]["notes"] == ["FER2013 labels"]
     assert report["accuracy"] > 3 * CHANCE_7
+
+
+def test_same_seed_same_run(tmp_path: Path) -> None:
+    write_image_folder(tmp_path / "faces", ["a", "b", "c"], 16, seed=6)
+    histories = []
+    for name in ("one", "two"):
+        assert main(["train", "--images", str(tmp_path / "faces"), "--out", str(tmp_path / name), "--arch",
+                     "recipe-small", "--epochs", "2", "--batch-size", "16", "--seed", "11"]) == 0
+        histories.append((tmp_path / name / "history.csv").read_text())
+    assert histories[0] == histories[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.config import Config, TrainingConfig, load_config
-from stream.contract import ModelContract
+from stream.contract import Color, ModelContract
 from stream.errors import ConfigError, DataError, ModelError
 
 __all__ = ["parse_normalize", "register"]
@@ -229,7 +229,7 @@ def _import_tensorflow() -> str:
     return f"TensorFlow {tf.__version__} on {device}"
 
 
-def _dataset(args: argparse.Namespace, cfg: TrainingConfig, *, size_wh: tuple[int, int], color: str,
+def _dataset(args: argparse.Namespace, cfg: TrainingConfig, *, size_wh: tuple[int, int], color: Color,
              splits: tuple[str, ...]) -> Any:
     from training.data import load_dataset
 

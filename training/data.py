@@ -12,10 +12,15 @@ images row by row with ten crowd votes each. The FERPlus rules
 * ``contempt`` votes are added to ``neutral`` unless ``merge_contempt`` is off
   (then ``contempt`` is an eighth class).
 * A row is dropped when ``unknown`` or ``NF`` (not a face) has more votes than
-  every emotion, or when no emotion has a vote. Ties go to the emotion, as in
-  the FERPlus authors' own ``np.argmax`` over the column order.
+  every emotion, or when no emotion has a vote. A tie goes to the emotion: the
+  first maximum in column order, as ``np.argmax`` in the FERPlus reference
+  code picks it.
 * ``majority``: the emotion with the most votes (ties: the first in FERPlus
   column order). ``soft``: the emotion votes divided by their sum.
+
+These are the seed project's rules. The FERPlus reference code's stricter
+"majority" mode (single votes discarded, more than half of the votes needed,
+else the row is dropped) is not applied.
 
 FERPlus label names are mapped to FER2013's (``happiness`` -> ``happy`` ...)
 and ordered as FER2013, ``contempt`` last, so any model of this project has
@@ -425,7 +430,7 @@ def _read_image(path: Path) -> np.ndarray:
     if image is None:
         raise DataError(f"image '{path}' could not be decoded")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = (image // 257).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise DataError(f"image '{path}': unsupported pixel type {image.dtype}")
     if image.ndim == 2:
@@ -522,12 +527,12 @@ def load_image_folder(
         if name not in wanted:
             continue
         entries = files[name]
-        images = np.empty((len(entries), size_wh[1], size_wh[0], 1 if color == "gray" else 3), dtype=np.uint8)
+        pixels = np.empty((len(entries), size_wh[1], size_wh[0], 1 if color == "gray" else 3), dtype=np.uint8)
         targets = np.zeros((len(entries), len(labels)), dtype=np.float32)
         for i, (path, label) in enumerate(entries):
-            images[i] = convert_images(_read_image(path)[None], "bgr", size_wh, color)[0]
+            pixels[i] = convert_images(_read_image(path)[None], "bgr", size_wh, color)[0]
             targets[i, labels.index(label)] = 1.0
-        result[name] = Split(images, targets)
+        result[name] = Split(pixels, targets)
     how = "split folders" if split_dirs else f"hash split val {validation_split:g} / test {test_split:g}"
     return Dataset(labels, result, color, f"image folder '{root}'", (how,))
 
@@ -578,16 +583,18 @@ def load_dataset(
     Raises:
         DataError: Neither or both sources given, or the data is malformed.
     """
-    if (fer2013 is None) == (images is None):
-        raise DataError("give either a FER2013 CSV (optionally with FERPlus) or an image folder")
-    if ferplus is not None and fer2013 is None:
-        raise DataError("a FERPlus CSV needs the FER2013 CSV that holds its pixels")
-    if images is None:
-        data = load_fer2013(fer2013, ferplus, label_mode=label_mode, merge_contempt=merge_contempt,
-                            splits=splits)
-        return data.converted(size_wh, color)
-    return load_image_folder(images, size_wh=size_wh, color=color, validation_split=validation_split,
-                             test_split=test_split, splits=splits)
+    either = "give either a FER2013 CSV (optionally with FERPlus) or an image folder"
+    if fer2013 is None:
+        if images is None:
+            raise DataError(either)
+        if ferplus is not None:
+            raise DataError("a FERPlus CSV needs the FER2013 CSV that holds its pixels")
+        return load_image_folder(images, size_wh=size_wh, color=color, validation_split=validation_split,
+                                 test_split=test_split, splits=splits)
+    if images is not None:
+        raise DataError(either)
+    data = load_fer2013(fer2013, ferplus, label_mode=label_mode, merge_contempt=merge_contempt, splits=splits)
+    return data.converted(size_wh, color)
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -623,7 +630,8 @@ def convert_images(images: np.ndarray, source_color: Color, size_wh: tuple[int, 
     if (images.shape[2], images.shape[1]) == tuple(size_wh) and src == color:
         return images
     # crop_faces only reads the size, colour and margin of the contract.
-    shape_only = ModelContract(labels=("_", "__"), input_size_wh=tuple(size_wh), color=color, crop_margin=0.0)
+    shape_only = ModelContract(labels=("_", "__"), input_size_wh=(int(size_wh[0]), int(size_wh[1])), color=color,
+                               crop_margin=0.0)
     out = np.empty((len(images), size_wh[1], size_wh[0], channels), dtype=np.uint8)
     for i, image in enumerate(images):
         bgr = _convert_color(image if src != "gray" else image[..., 0], src, "bgr")

@@ -201,10 +201,12 @@ class _Progress(keras.callbacks.Callback):
         self.checkpoint = checkpoint
         self.times: list[float] = []
         self._start = 0.0
+        self._lr = 0.0
         self._bar: Any = None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._start = time.perf_counter()
+        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         if self.step_bar:
             from tqdm import tqdm
 
@@ -219,11 +221,13 @@ class _Progress(keras.callbacks.Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        logs = logs or {}
+        if logs is None:
+            logs = {}
         seconds = time.perf_counter() - self._start
         self.times.append(seconds)
         val_accuracy = float(logs.get("val_accuracy", float("nan")))
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        lr = self._lr
+        logs.setdefault("learning_rate", lr)  # for the CSV log when ReduceLROnPlateau is off
         self.report(EpochProgress(
             epoch=epoch + 1, epochs=self.epochs, loss=float(logs.get("loss", float("nan"))),
             accuracy=float(logs.get("accuracy", float("nan"))), val_loss=float(logs.get("val_loss", float("nan"))),
@@ -271,7 +275,11 @@ def _pipeline(
             x = augmenter(x, training=True)
         return (x, *rest)
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # One map call at a time: the augmentation layers draw from stateful seed
+    # generators, and parallel calls would race for them, so the same seed
+    # would not give the same run. Prefetching still overlaps it with training.
+    return ds.map(prepare, num_parallel_calls=None if augmenter is not None else tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)
 
 
 def _check_dataset(dataset: Dataset) -> None:
@@ -377,7 +385,8 @@ def train(
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=_REDUCE_LR_FACTOR,
                                                            patience=config.reduce_lr_patience,
                                                            min_lr=_MIN_LEARNING_RATE))
-    callbacks += [keras.callbacks.CSVLogger(str(history_csv)), reporter]
+    # The reporter runs before the CSV logger: it adds the learning rate to the epoch's logs.
+    callbacks += [reporter, keras.callbacks.CSVLogger(str(history_csv))]
 
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
