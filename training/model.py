@@ -79,7 +79,6 @@ __all__ = [
     "build_model",
     "count_params",
     "recalibrate_batch_norm",
-    "set_bn_momentum",
 ]
 
 log = logging.getLogger(__name__)
@@ -225,14 +224,6 @@ def batch_norm_layers(model: keras.Model) -> list[layers.BatchNormalization]:
 
     walk(model.layers)
     return found
-
-
-def set_bn_momentum(model: keras.Model, momentum: float) -> int:
-    """Set the momentum of every batch-norm layer; returns how many were changed."""
-    bns = batch_norm_layers(model)
-    for bn in bns:
-        bn.momentum = float(momentum)
-    return len(bns)
 
 
 class BatchNormRecalibration:
