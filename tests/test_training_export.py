@@ -19,7 +19,7 @@ import onnxruntime as ort
 from stream.config import REPO_ROOT
 from stream.contract import CONTRACT_KEY, FER2013_LABELS, ModelContract
 from stream.errors import ConfigError, ModelError
-from stream.infer.classify import EmotionClassifier, crop_faces
+from stream.infer.classify import CropSpec, EmotionClassifier, crop_faces
 from stream.infer.detect import FaceDetector
 from training.cli import parse_normalize, register
 from training.export import contract_for_keras, export_keras, read_contract
@@ -58,11 +58,11 @@ def face_frames() -> list[np.ndarray]:
 def face_crops_bgr(face_frames: list[np.ndarray]) -> np.ndarray:
     """Real face crops (BGR, 96x96) cut by the stream's own detector and crop code."""
     detector = FaceDetector.from_path(REPO_ROOT / "models" / "blazeface_short_range.onnx")
-    shape_only = ModelContract(labels=("a", "b"), input_size_wh=(96, 96), color="bgr", crop_margin=0.15)
+    spec = CropSpec((96, 96), "bgr", crop_margin=0.15)
     crops = []
     for frame in face_frames[::2]:
         boxes = [d.box_xyxy for d in detector.detect([frame])[0]]
-        crops.extend(crop_faces(frame, boxes, shape_only))
+        crops.extend(crop_faces(frame, boxes, spec))
     assert len(crops) >= 10
     return np.stack(crops)
 

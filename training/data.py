@@ -618,7 +618,7 @@ def convert_images(images: np.ndarray, source_color: Color, size_wh: tuple[int, 
     Returns:
         uint8 ``(N, h, w, 1 or 3)``.
     """
-    from stream.infer.classify import crop_faces
+    from stream.infer.classify import CropSpec, crop_faces
 
     images = np.asarray(images)
     if images.ndim == 3:
@@ -629,14 +629,12 @@ def convert_images(images: np.ndarray, source_color: Color, size_wh: tuple[int, 
     channels = 1 if color == "gray" else 3
     if (images.shape[2], images.shape[1]) == tuple(size_wh) and src == color:
         return images
-    # crop_faces only reads the size, colour and margin of the contract.
-    shape_only = ModelContract(labels=("_", "__"), input_size_wh=(int(size_wh[0]), int(size_wh[1])), color=color,
-                               crop_margin=0.0)
+    spec = CropSpec((int(size_wh[0]), int(size_wh[1])), color, crop_margin=0.0)
     out = np.empty((len(images), size_wh[1], size_wh[0], channels), dtype=np.uint8)
     for i, image in enumerate(images):
         bgr = _convert_color(image if src != "gray" else image[..., 0], src, "bgr")
         box = np.array([0.0, 0.0, bgr.shape[1], bgr.shape[0]])
-        out[i] = crop_faces(bgr, [box], shape_only)[0].reshape(out.shape[1:])
+        out[i] = crop_faces(bgr, [box], spec)[0].reshape(out.shape[1:])
     return out
 
 

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 
-from stream.contract import CONTRACT_KEY, ModelContract
+from stream.contract import CONTRACT_KEY, Color, ModelContract
 from stream.errors import ModelError
 from stream.infer.session import create_session
 
-__all__ = ["EmotionClassifier", "crop_faces"]
+__all__ = ["CropSpec", "EmotionClassifier", "crop_faces"]
 
 
-def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract: ModelContract
+@dataclass(frozen=True)
+class CropSpec:
+    """How to cut a face for a model: what :func:`crop_faces` reads (a :class:`ModelContract` has it too)."""
+
+    input_size_wh: tuple[int, int]
+    color: Color = "gray"
+    crop_margin: float = 0.0
+
+
+def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract: ModelContract | CropSpec
                ) -> list[np.ndarray]:
     """Cut each face as the model expects: a square around the box grown by the margin.
 
