@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stream.capture import CaptureThread, FrameSource, ImageSource, LiveSource, open_source
+from stream.capture import CaptureThread, FrameSource, ImageSource, LiveSource, is_stream_url, open_source
 from stream.config import Config
 from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
 from stream.records import EndOfStream, FrameResult, StageError
@@ -124,7 +124,7 @@ def default_outputs(source: str, image_mode: bool, config: Config) -> tuple[Path
     """Output paths when none are given: ``<output.dir>/<source stem>.annotated.<ext>`` and ``.events.jsonl``."""
     if source.isdigit():
         stem = f"webcam{source}"
-    elif "://" in source:
+    elif is_stream_url(source):
         stem = "stream"
     else:
         stem = Path(source).stem
@@ -151,7 +151,7 @@ def run(source_spec: str, config: Config, options: RunOptions, models: Models | 
     try:
         image_mode = isinstance(source, ImageSource)
         labels = models.classifier.labels
-        writer, events = _open_outputs(source, image_mode, labels, config, options)
+        writer, events = _open_outputs(source_spec, source, image_mode, config, options)
         writers = [w for w in (writer, events) if w is not None]
         # Default window: a webcam on a machine with a display (a camera URL usually runs headless).
         webcam = isinstance(source, LiveSource) and not source.is_url
@@ -183,10 +183,9 @@ def run(source_spec: str, config: Config, options: RunOptions, models: Models | 
     return summary
 
 
-def _open_outputs(source: FrameSource, image_mode: bool, labels: tuple[str, ...], config: Config,
-                  options: RunOptions
+def _open_outputs(source_spec: str, source: FrameSource, image_mode: bool, config: Config, options: RunOptions
                   ) -> tuple[VideoRecorder | ImageWriter | None, EventLog | None]:
-    default_video, default_events = default_outputs(source.name, image_mode, config)
+    default_video, default_events = default_outputs(source_spec, image_mode, config)
     video_path = options.output or default_video
     events_path = options.events or default_events
     writer: VideoRecorder | ImageWriter | None = None
