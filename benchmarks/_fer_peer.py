@@ -8,7 +8,7 @@ annotated frames written to an mp4v video, no per-frame JPEGs, no window.
 
     python benchmarks/_fer_peer.py CLIP --frames N --repeats R --warmup-frames W --outdir DIR [--keras]
 
-Repeats as ``_timing.enough_runs`` says. Prints one JSON object on its last stdout line: seconds per run, frames and
+Repeats as ``_timing.timed_runs`` says. Prints one JSON object on its last stdout line: seconds per run, frames and
 faces per frame of the last repeat, and the fer/TensorFlow versions.
 """
 
@@ -19,13 +19,12 @@ import json
 import logging
 import os
 import sys
-import time
 import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from _timing import enough_runs  # this script's folder is on sys.path
+from _timing import Policy, timed_runs  # this script's folder is on sys.path
 
 
 class _CountingDetector:
@@ -49,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("clip", type=Path)
     parser.add_argument("--frames", type=int, required=True)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quiet-retries", type=int, default=0)
     parser.add_argument("--warmup-frames", type=int, default=30)
     parser.add_argument("--outdir", type=Path, required=True)
     parser.add_argument("--keras", action="store_true", help="fer's Keras model instead of its TFLite default")
@@ -64,23 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     detector = FER(use_tflite=not args.keras)
     args.outdir.mkdir(parents=True, exist_ok=True)
 
-    def once(frames: int) -> tuple[float, list[int]]:
+    def once(frames: int) -> list[int]:
         counting = _CountingDetector(detector)
-        t0 = time.perf_counter()
         video = Video(str(args.clip), outdir=str(args.outdir))
         # output="pandas": the default "csv" writes data.csv into the current folder.
         video.analyze(counting, display=False, output="pandas", max_results=frames, save_frames=False,
                       save_video=True, annotate_frames=True, zip_images=False)
-        return time.perf_counter() - t0, counting.faces_per_frame
+        return counting.faces_per_frame
 
     once(min(args.warmup_frames, args.frames))
-    seconds: list[float] = []
-    faces: list[int] = []
-    while not enough_runs(seconds, args.repeats):
-        s, faces = once(args.frames)
-        seconds.append(s)
+    runs, discarded = timed_runs(lambda: once(args.frames), Policy(args.repeats, args.quiet_retries))
+    faces = runs[-1].value
     print(json.dumps({
-        "seconds": seconds,
+        "seconds": [r.seconds for r in runs],
+        "others_cores": [r.others_cores for r in runs],
+        "discarded": discarded,
         "frames": len(faces),
         "faces_per_frame": faces,
         "model": "keras" if args.keras else "tflite",

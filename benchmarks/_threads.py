@@ -18,17 +18,6 @@ __all__ = ["ThreadCpu"]
 _TASKS = Path("/proc/self/task")
 
 
-def _machine_jiffies() -> tuple[int, int] | None:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
 def _read(tid: str) -> tuple[str, float] | None:
     try:
         stat = (_TASKS / tid / "stat").read_text()
@@ -53,7 +42,6 @@ class ThreadCpu:
         self._start: dict[str, float] = {}
         self._last: dict[str, tuple[str, float]] = {}
         self._python_names: dict[str, str] = {}
-        self._machine: list[tuple[int, int] | None] = [None, None]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-sampler", daemon=True)
 
@@ -74,7 +62,6 @@ class ThreadCpu:
         if self.available:
             self._sample()
             self._start = {tid: cpu for tid, (_, cpu) in self._last.items()}
-            self._machine[0] = _machine_jiffies()
             self._thread.start()
         return self
 
@@ -83,14 +70,6 @@ class ThreadCpu:
             self._stop.set()
             self._thread.join()
             self._sample()
-            self._machine[1] = _machine_jiffies()
-
-    def machine_busy_share(self) -> float | None:
-        """Share of all the machine's CPU time that was busy during the block (any process), or None."""
-        start, end = self._machine
-        if start is None or end is None or end[1] <= start[1]:
-            return None
-        return (end[0] - start[0]) / (end[1] - start[1])
 
     def groups(self) -> dict[str, float]:
         """CPU seconds per group during the block (empty when /proc is not there)."""

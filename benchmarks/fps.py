@@ -53,7 +53,7 @@ if str(BENCH_DIR) not in sys.path:
 
 from _clips import Clip, describe_clip, make_clips  # noqa: E402
 from _threads import ThreadCpu  # noqa: E402
-from _timing import LONG_RUN_S, WARMUP_FRAMES, Measure, enough_runs, measure  # noqa: E402
+from _timing import LONG_RUN_S, OTHERS_LIMIT_CORES, WARMUP_FRAMES, Measure, Policy, measure, timed_runs  # noqa: E402
 
 from stream.capture import CaptureThread, FileSource  # noqa: E402
 from stream.config import Config, load_config  # noqa: E402
@@ -224,7 +224,7 @@ def _classifier_input(classifier: EmotionClassifier, face_bgr: np.ndarray) -> np
     return crop
 
 
-def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence[int], repeats: int
+def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence[int], policy: Policy
                  ) -> list[dict[str, Any]]:
     """Detector, crop, classifier and drawing on frames held in memory. One row per stage and batch size."""
     detector, classifier = models.detector, models.classifier
@@ -246,7 +246,7 @@ def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence
                 detector.detect(list(c))
             return k
 
-        m = measure(detect, n, repeats, warmup_frames=0, faces=n_faces)
+        m = measure(detect, n, policy, warmup_frames=0, faces=n_faces)
         rows.append({"stage": "detect", "what": "letterbox + model + decode/NMS", "batch": b, **m.to_json()})
 
         inputs = _chunks(model_input, b)
@@ -256,7 +256,7 @@ def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence
                 detector.session.run(None, {detector.input_name: x})  # type: ignore[attr-defined]
             return k
 
-        m = measure(model_only, n, repeats, warmup_frames=0)
+        m = measure(model_only, n, policy, warmup_frames=0)
         rows.append({"stage": "detect-model", "what": "ONNX Runtime call only", "batch": b, **m.to_json()})
 
     def crop(k: int) -> int:
@@ -264,7 +264,7 @@ def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence
             crop_faces(f, bx, classifier.contract)
         return k
 
-    m = measure(crop, n, repeats, warmup_frames=0, faces=n_faces)
+    m = measure(crop, n, policy, warmup_frames=0, faces=n_faces)
     rows.append({"stage": "crop", "what": "crop_faces (one warpAffine per face)", "batch": None, **m.to_json()})
     crops = [crop_faces(f, bx, classifier.contract) for f, bx in zip(frames, boxes, strict=True)]
     if n_faces:
@@ -278,21 +278,20 @@ def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence
                     classifier.classify(g)
                 return k
 
-            m = measure(classify, n, repeats, warmup_frames=0, faces=n_faces)
+            m = measure(classify, n, policy, warmup_frames=0, faces=n_faces)
             rows.append({"stage": "classify", "what": f"faces of {b} frame(s) per call", "batch": b, **m.to_json()})
     probs = np.full(len(classifier.labels), 1.0 / len(classifier.labels), np.float32)
     results_proto = [[Face(bx, 0.9, probs, i) for i, bx in enumerate(per_frame)] for per_frame in boxes]
 
-    def draw_seconds() -> float:
-        copies = [f.copy() for f in frames]  # annotate draws in place; copying is not timed
-        t0 = time.perf_counter()
-        for image, faces in zip(copies, results_proto, strict=True):
+    canvases = [f.copy() for f in frames]  # annotate draws in place; its cost does not depend on the pixels
+
+    def draw(k: int) -> int:
+        for image, faces in zip(canvases, results_proto, strict=True):
             annotate(FrameResult(Frame("bench", 0, 0.0, 0.0, image), faces), classifier.labels, bars=True,
                      status=" 99.9 fps    12 ms")
-        return time.perf_counter() - t0
+        return k
 
-    draw_seconds()
-    m = Measure(n, [draw_seconds() for _ in range(repeats)], n_faces)
+    m = measure(draw, n, policy, warmup_frames=0, faces=n_faces)
     rows.append({"stage": "annotate", "what": "boxes, labels, bars, fps text", "batch": None, **m.to_json()})
 
     results = [FrameResult(Frame("bench", i, i / 30.0, 0.0, f), faces)
@@ -304,7 +303,7 @@ def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence
                     log_file.write_record(event_record(r, classifier.labels))
             return k
 
-        m = measure(write_events, n, repeats, warmup_frames=0, faces=n_faces)
+        m = measure(write_events, n, policy, warmup_frames=0, faces=n_faces)
     rows.append({"stage": "events", "what": "EventLog.write (JSON Lines)", "batch": None, **m.to_json()})
     return rows
 
@@ -312,47 +311,39 @@ def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence
 # --------------------------------------------------------------------------------------- 4. pipeline
 
 
-def bench_pipeline(clip: Clip, frames: int, config: Config, models: Models, recording: bool, repeats: int,
+def bench_pipeline(clip: Clip, frames: int, config: Config, models: Models, recording: bool, policy: Policy,
                    out_dir: Path) -> dict[str, Any]:
     """``stream.pipeline.run`` on the clip, models loaded once: wall time of the whole call.
 
     Each timed run also records the CPU time of every thread (``_threads.ThreadCpu``);
-    the run with the median time is the one whose thread times are reported.
+    the run with the median time is the one whose thread times and latencies are reported.
     """
     cfg = config.with_overrides({"output.video": recording, "output.events": recording, "output.progress": False,
                                  "output.dir": str(out_dir)})
     video = out_dir / f"{clip.name}.annotated.mp4" if recording else None
     events = out_dir / f"{clip.name}.events.jsonl" if recording else None
 
-    def once(k: int) -> tuple[float, RunSummary, dict[str, float], float | None]:
+    def once(k: int) -> tuple[RunSummary, dict[str, float]]:
         options = RunOptions(output=video, events=events, display=False, max_frames=k if k < clip.frames else None)
         with ThreadCpu() as cpu:
-            t0 = time.perf_counter()
             summary = run(str(clip.path), cfg, options, models)
-            seconds = time.perf_counter() - t0
         if summary.warning:
             raise RuntimeError(summary.warning)
         if summary.frames_processed != k:
             raise RuntimeError(f"the pipeline processed {summary.frames_processed} frames, expected {k}")
-        return seconds, summary, cpu.groups(), cpu.machine_busy_share()
+        return summary, cpu.groups()
 
     once(min(WARMUP_FRAMES, frames))
-    runs: list[tuple[float, RunSummary, dict[str, float], float | None]] = []
-    while not enough_runs([r[0] for r in runs], repeats):
-        runs.append(once(frames))
-    runs.sort(key=lambda r: r[0])
-    seconds, summary, cpu, machine_busy = runs[(len(runs) - 1) // 2]
-    m = Measure(frames, [r[0] for r in runs])
+    runs, discarded = timed_runs(lambda: once(frames), policy)
+    m = Measure.from_runs(frames, runs, discarded)
+    middle = sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+    summary, cpu = middle.value
     row: dict[str, Any] = {"recording": recording, "batch": cfg.runtime.batch_size, **m.to_json(),
-                           "fps_reported": round(statistics.median(r[1].fps for r in runs), 2),
+                           "fps_reported": round(statistics.median(r.value[0].fps for r in runs), 2),
                            "latency_p50_ms": round(summary.latency_percentile(50), 2),
                            "latency_p95_ms": round(summary.latency_percentile(95), 2),
                            "thread_cpu_ms_per_frame": {k: round(1000.0 * v / frames, 3) for k, v in cpu.items()},
-                           "thread_busy": {k: round(v / seconds, 3) for k, v in cpu.items()}}
-    if machine_busy is not None and seconds >= 0.5:  # /proc/stat counts 10 ms ticks: short runs say nothing
-        # Cores busy with anything else than this process while it ran: the noise of a shared machine.
-        others = machine_busy * (os.cpu_count() or 1) - sum(cpu.values()) / seconds
-        row["other_processes_cores"] = round(max(0.0, others), 2)
+                           "thread_busy": {k: round(v / middle.seconds, 3) for k, v in cpu.items()}}
     if events is not None:
         counts = [len(json.loads(line)["faces"]) for line in events.read_text().splitlines()]
         row["faces_per_frame"] = _face_stats(counts, clip.faces_per_frame)
@@ -382,7 +373,7 @@ def haar_available() -> str:
     return ""
 
 
-def bench_seed_loop(clip: Clip, frames: int, classifier: EmotionClassifier, repeats: int, out: Path
+def bench_seed_loop(clip: Clip, frames: int, classifier: EmotionClassifier, policy: Policy, out: Path
                     ) -> dict[str, Any]:
     """The seed project's loop: Haar faces, one classifier call per face, drawn and written (mp4v).
 
@@ -416,12 +407,12 @@ def bench_seed_loop(clip: Clip, frames: int, classifier: EmotionClassifier, repe
             writer.release()
         return len(counts)
 
-    m = measure(once, frames, repeats)
+    m = measure(once, frames, policy)
     return {"name": "seed loop", "what": "Haar (scale 1.3, 5 neighbours) + our ONNX classifier, one call per face, "
             "annotated mp4v video", **m.to_json(), "faces_per_frame": _face_stats(counts, clip.faces_per_frame)}
 
 
-def bench_fer(clip: Clip, frames: int, repeats: int, out_dir: Path) -> dict[str, Any]:
+def bench_fer(clip: Clip, frames: int, policy: Policy, out_dir: Path) -> dict[str, Any]:
     """fer's ``Video.analyze`` in a subprocess (see ``_fer_peer.py``)."""
     name = "fer"
     what = "fer.classes.Video.analyze: Haar + TFLite model, annotated mp4v video"
@@ -430,8 +421,8 @@ def bench_fer(clip: Clip, frames: int, repeats: int, out_dir: Path) -> dict[str,
     except metadata.PackageNotFoundError:
         return {"name": name, "what": what, "skipped": f"fer is not installed (without torch: {FER_INSTALL})"}
     cmd = [sys.executable, str(BENCH_DIR / "_fer_peer.py"), str(clip.path), "--frames", str(frames),
-           "--repeats", str(repeats), "--warmup-frames", str(min(WARMUP_FRAMES // 2, frames)),
-           "--outdir", str(out_dir)]
+           "--repeats", str(policy.repeats), "--quiet-retries", str(policy.quiet_retries),
+           "--warmup-frames", str(min(WARMUP_FRAMES // 2, frames)), "--outdir", str(out_dir)]
     out_dir.mkdir(parents=True, exist_ok=True)  # also the child's working folder: fer writes files there
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=out_dir)
     if proc.returncode != 0:
@@ -440,7 +431,7 @@ def bench_fer(clip: Clip, frames: int, repeats: int, out_dir: Path) -> dict[str,
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     if data["frames"] != frames:
         return {"name": name, "what": what, "skipped": f"fer handled {data['frames']} of {frames} frames"}
-    m = Measure(frames, data["seconds"])
+    m = Measure(frames, data["seconds"], others_cores=data["others_cores"], discarded=data["discarded"])
     return {"name": name, "what": what, **m.to_json(), "versions": data["versions"],
             "faces_per_frame": _face_stats(data["faces_per_frame"], clip.faces_per_frame)}
 
@@ -526,41 +517,41 @@ class ClipResult:
 def bench_clip(clip: Clip, args: argparse.Namespace, config: Config, models_by_provider: dict[str, Models],
                out_dir: Path, say: Callable[[str], None]) -> ClipResult:
     frames = min(args.frames or clip.frames, clip.frames)
-    reps = args.repeats
+    policy = Policy(args.repeats, args.quiet_retries)
     res = ClipResult({**asdict(clip), "path": str(clip.path), "frames_used": frames})
     out_dir.mkdir(parents=True, exist_ok=True)
 
     say(f"[{clip.name}] I/O limit")
-    res.io["decode"] = measure(lambda k: decode_only(clip.path, k), frames, reps).to_json()
+    res.io["decode"] = measure(lambda k: decode_only(clip.path, k), frames, policy).to_json()
     enc = out_dir / f"{clip.name}.io_encode.mp4"
-    res.io["decode_encode"] = measure(lambda k: decode_encode(clip.path, k, enc), frames, reps).to_json()
+    res.io["decode_encode"] = measure(lambda k: decode_encode(clip.path, k, enc), frames, policy).to_json()
 
     say(f"[{clip.name}] capture")
     for work in (False, True):
         for key, (what, reader) in READERS.items():
-            m = measure(lambda k, r=reader, w=work: r(clip.path, k, w), frames, reps)
+            m = measure(lambda k, r=reader, w=work: r(clip.path, k, w), frames, policy)
             res.capture.append({"reader": key, "what": what, "work": work, **m.to_json()})
 
     held = load_frames(clip.path, min(frames, STAGE_FRAMES))
     for provider, models in models_by_provider.items():
         say(f"[{clip.name}] stages on {provider}")
-        res.stages[provider] = bench_stages(held, models, args.batch_sizes, reps)
+        res.stages[provider] = bench_stages(held, models, args.batch_sizes, policy)
         say(f"[{clip.name}] pipeline on {provider}")
         res.pipeline[provider] = [bench_pipeline(clip, frames, config.with_overrides({"runtime.providers": [provider]}),
-                                                 models, rec, reps, out_dir / provider)
+                                                 models, rec, policy, out_dir / provider)
                                   for rec in (False, True)]
     del held
 
     if not args.no_peers:
         say(f"[{clip.name}] peers: fer")
-        res.peers.append(bench_fer(clip, frames, reps, out_dir / "fer"))
+        res.peers.append(bench_fer(clip, frames, policy, out_dir / "fer"))
         why = haar_available()
         if why:
             res.peers.append({"name": "seed loop", "skipped": why})
         else:
             say(f"[{clip.name}] peers: seed loop")
             classifier = next(iter(models_by_provider.values())).classifier
-            res.peers.append(bench_seed_loop(clip, frames, classifier, reps, out_dir / f"{clip.name}.seed.mp4"))
+            res.peers.append(bench_seed_loop(clip, frames, classifier, policy, out_dir / f"{clip.name}.seed.mp4"))
     for provider in models_by_provider:
         res.bottleneck[provider] = bottleneck(res, provider, args.cores)
     return res
@@ -669,6 +660,18 @@ def check_targets(results: list[ClipResult]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- output
 
 
+def _discarded(results: list[ClipResult]) -> int:
+    """Disturbed runs redone, over every figure of every clip."""
+    def walk(x: Any) -> int:
+        if isinstance(x, dict):
+            return int(x.get("discarded_runs", 0)) + sum(walk(v) for v in x.values())
+        if isinstance(x, list):
+            return sum(walk(v) for v in x)
+        return 0
+
+    return sum(walk(asdict(r)) for r in results)
+
+
 def _f(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
@@ -687,14 +690,15 @@ PEER_SHORT = {"fer": "fer (its Video.analyze)", "seed loop": "seed loop (Haar + 
 
 
 def _row(section: str, what: str, r: dict[str, Any], note: str = "") -> str:
+    others = r.get("other_processes_cores")
     return (f"{section:<9} {what:<44} {_f(r.get('fps')):>9} {_f(r.get('ms_per_frame'), 2):>9} "
-            f"{_f(r.get('ms_per_face'), 3):>8}  {note}").rstrip()
+            f"{_f(r.get('ms_per_face'), 3):>8} {_f(others, 2):>7}  {note}").rstrip()
 
 
 def _clip_table(c: dict[str, Any]) -> list[str]:
     clip = c["clip"]
     lines = [f"== {clip['name']}: {clip['about']}; {clip['frames_used']} of {clip['frames']} frames =="]
-    head = f"{'section':<9} {'what':<44} {'frames/s':>9} {'ms/frame':>9} {'ms/face':>8}  note"
+    head = f"{'section':<9} {'what':<44} {'frames/s':>9} {'ms/frame':>9} {'ms/face':>8} {'others':>7}  note"
     lines += [head, "-" * (len(head) + 40)]
     dec, de = c["io"]["decode"]["fps"], c["io"]["decode_encode"]["fps"]
     lines.append(_row("I/O", "decode only (cv2.VideoCapture)", c["io"]["decode"], "the limit without recording"))
@@ -758,6 +762,9 @@ def table(report: dict[str, Any]) -> str:
         f"config: batch {report['config']['batch_size']}, {report['config']['detector']}, "
         f"{report['config']['classifier']}",
     ]
+    if report["quiet_retries"]:
+        lines.append(f"disturbed runs (others > {OTHERS_LIMIT_CORES} cores) redone: up to {report['quiet_retries']} "
+                     f"per figure, {report['discarded_runs']} in all")
     lines.extend(f"note: {n}" for n in report["notes"])
     for c in report["clips"]:
         lines += ["", *_clip_table(c)]
@@ -771,7 +778,9 @@ def table(report: dict[str, Any]) -> str:
               "in its own process",
               "  seed loop = Haar (scale 1.3, 5 neighbours) + our ONNX classifier called once per face, "
               "annotated mp4v video",
-              "  faces: share of frames with exactly the number of faces the clip has"]
+              "  faces: share of frames with exactly the number of faces the clip has",
+              "  others: cores that other processes kept busy during the timed runs (mean; - when runs were too "
+              "short to tell); near 0 on a quiet machine"]
     if report["targets"]:
         lines += ["", "targets (issue), CPU provider:"]
         for t in report["targets"]:
@@ -859,6 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", type=_provider_list, default=["cpu", "cuda"],
                         help="ONNX Runtime providers to measure, each that loads here (default cpu,cuda)")
     parser.add_argument("--repeats", type=_positive, default=3, help="timed runs per figure (default 3)")
+    parser.add_argument("--quiet-retries", type=int, default=0, metavar="N",
+                        help=f"redo a timed run during which other processes used more than {OTHERS_LIMIT_CORES} "
+                        "cores, at most N times per figure (default 0: keep every run)")
     parser.add_argument("--config", type=Path, help="emostream config (YAML); default: built-in defaults")
     parser.add_argument("--json", type=Path, help="write the full results as JSON")
     parser.add_argument("--plot", type=Path, help="write a bar chart (PNG)")
@@ -924,6 +936,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_start": load_start,
         "load_end": [round(x, 2) for x in os.getloadavg()],
         "repeats": args.repeats,
+        "quiet_retries": args.quiet_retries,
+        "discarded_runs": _discarded(results),
         "providers": list(models_by_provider),
         "notes": notes,
         "config": {"batch_size": config.runtime.batch_size, "intra_op_threads": config.runtime.intra_op_threads,
