@@ -569,11 +569,11 @@ def _stage_ms(rows: list[dict[str, Any]], stage: str, batch: int | None) -> floa
 
 #: Thread groups of ``ThreadCpu`` and the pipeline stage each one is.
 THREAD_STAGES = {
-    "capture": "capture (Python side of decoding)",
-    "ffmpeg": "decode (FFmpeg threads)",
-    "inference": "inference (detect, crop, classify, track)",
-    "native": "ONNX Runtime / OpenCV pool threads",
-    "main": "render/record (annotate, encode, event log)",
+    "capture": "capture",
+    "ffmpeg": "FFmpeg decoder threads",
+    "inference": "inference",
+    "native": "ONNX Runtime/OpenCV pool threads",
+    "main": "render/record",
 }
 
 
@@ -616,12 +616,14 @@ def bottleneck(res: ClipResult, provider: str, cores: int) -> dict[str, Any]:
             others = rec.get("other_processes_cores")
             entry.update({"thread_busy": busy, "busiest_thread": hot, "cores_used": round(cores_used, 2),
                           "other_processes_cores": others})
+            stage = f"{THREAD_STAGES[hot]}, {python_threads[hot]:.0%} busy"
             if python_threads[hot] >= 0.85:
-                entry["verdict"] = f"{THREAD_STAGES[hot]} thread busy {python_threads[hot]:.0%} of the time"
+                entry["verdict"] = f"the {THREAD_STAGES[hot]} thread, busy {python_threads[hot]:.0%} of the time"
             elif cores_used >= 0.85 * cores:
-                entry["verdict"] = f"CPU: {cores_used:.2f} of {cores} cores busy; busiest thread {hot}"
+                entry["verdict"] = f"the CPU: {cores_used:.2f} of {cores} cores busy; busiest thread: {stage}"
             else:
-                entry["verdict"] = f"no thread saturated (busiest: {hot} {python_threads[hot]:.0%})"
+                entry["verdict"] = (f"no thread saturated, {cores_used:.2f} of {cores} cores busy; "
+                                    f"busiest thread: {stage}")
                 if others is not None and cores_used + others >= 0.85 * cores:
                     entry["verdict"] += f"; other processes took {others:.2f} of the {cores} cores"
         out["recording_on" if rec["recording"] else "recording_off"] = entry
@@ -779,6 +781,8 @@ def table(report: dict[str, Any]) -> str:
               "  seed loop = Haar (scale 1.3, 5 neighbours) + our ONNX classifier called once per face, "
               "annotated mp4v video",
               "  faces: share of frames with exactly the number of faces the clip has",
+              "  threads: main = render/record (annotate, encode, event log); inference = detect, crop, classify, "
+              "track; capture = reads frames (FFmpeg decodes on its own av:* threads); busy = CPU time / wall time",
               "  others: cores that other processes kept busy during the timed runs (mean; - when runs were too "
               "short to tell); near 0 on a quiet machine"]
     if report["targets"]:
