@@ -56,6 +56,7 @@ from _threads import ThreadCpu  # noqa: E402
 from _timing import LONG_RUN_S, OTHERS_LIMIT_CORES, WARMUP_FRAMES, Measure, Policy, measure, timed_runs  # noqa: E402
 
 from stream.capture import CaptureThread, FileSource  # noqa: E402
+from stream.cli import positive_int  # noqa: E402
 from stream.config import Config, load_config  # noqa: E402
 from stream.errors import StreamError  # noqa: E402
 from stream.infer import EmotionClassifier, crop_faces  # noqa: E402
@@ -850,14 +851,6 @@ def _provider_list(text: str) -> list[str]:
     return names
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -866,12 +859,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and peers (fer, the seed loop) on the same clip.")
     parser.add_argument("video", nargs="?", type=Path,
                         help="video to measure; default: clips made from carphone (640x480 and 1280x720 2x2)")
-    parser.add_argument("--frames", type=_positive, help="use only the first N frames of each clip")
+    parser.add_argument("--frames", type=positive_int, help="use only the first N frames of each clip")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 4, 8, 16],
                         help="detector/classifier batch sizes (default 1,4,8,16)")
     parser.add_argument("--providers", type=_provider_list, default=["cpu", "cuda"],
                         help="ONNX Runtime providers to measure, each that loads here (default cpu,cuda)")
-    parser.add_argument("--repeats", type=_positive, default=3, help="timed runs per figure (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per figure (default 3)")
     parser.add_argument("--quiet-retries", type=int, default=0, metavar="N",
                         help=f"redo a timed run during which other processes used more than {OTHERS_LIMIT_CORES} "
                         "cores, at most N times per figure (default 0: keep every run)")

@@ -17,14 +17,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from stream.config import REPO_ROOT, load_config
 from stream.errors import ConfigError, StreamError
 
-__all__ = ["SAMPLE_CLIP", "build_parser", "main"]
+__all__ = ["SAMPLE_CLIP", "build_parser", "main", "positive_float", "positive_int"]
 
 log = logging.getLogger("emostream")
 
@@ -40,24 +41,22 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _positive(convert: type[int] | type[float], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+#: argparse ``type=`` for flags that take a count or a duration.
+positive_int = _positive(int, "a positive integer")
+positive_float = _positive(float, "a positive number")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--detector", type=Path, help="BlazeFace ONNX file (short or full range)")
     run.add_argument("--display", action=argparse.BooleanOptionalAction, default=None,
                      help="show a live window (default: for live sources when a display exists)")
-    run.add_argument("--max-frames", type=_positive_int, help="stop after N frames")
-    run.add_argument("--max-seconds", type=_positive_float, help="stop after S seconds (exit 0)")
-    run.add_argument("--batch-size", type=_positive_int, help="frames per inference batch (runtime.batch_size)")
+    run.add_argument("--max-frames", type=positive_int, help="stop after N frames")
+    run.add_argument("--max-seconds", type=positive_float, help="stop after S seconds (exit 0)")
+    run.add_argument("--batch-size", type=positive_int, help="frames per inference batch (runtime.batch_size)")
     run.add_argument("--providers", help="comma-separated: tensorrt,cuda,cpu (runtime.providers)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
