@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cv2
 
-__all__ = ["Clip", "describe_clip", "ffmpeg_exe", "make_clips", "make_tiny_clip", "source_clip"]
+__all__ = ["Clip", "describe_clip", "ffmpeg_exe", "make_clips", "make_scaled_clip", "source_clip"]
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "stream" / "assets" / "carphone_640x480.mp4"
@@ -163,8 +163,8 @@ def describe_clip(path: Path) -> Clip:
     return Clip(path.stem, path, size, frames, None, f"{size[0]}x{size[1]}, given on the command line")
 
 
-def make_tiny_clip(out: Path, size_wh: tuple[int, int] = (320, 240), frames: int = 30) -> Path:
-    """A short H.264 clip with one face (for tests)."""
+def make_scaled_clip(out: Path, size_wh: tuple[int, int] = (320, 240), frames: int = 30) -> Path:
+    """The carphone clip scaled to ``size_wh``, its first ``frames`` frames, H.264 (one face)."""
     exe = ffmpeg_exe()
     if exe is None:
         raise RuntimeError("ffmpeg is needed to make a clip")

