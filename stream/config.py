@@ -145,6 +145,7 @@ class TrainingConfig:
     learning_rate: float = 1e-4
     seed: int = 1337
     label_mode: Literal["majority", "soft"] = "majority"
+    label_smoothing: float = 0.0
     merge_contempt: bool = True
     class_weights: bool = False
     augment: bool = True
@@ -162,7 +163,7 @@ class TrainingConfig:
         _positive(self, key, "input_size", "epochs", "batch_size", "learning_rate")
         _non_negative(self, key, "rotation_deg", "early_stopping_patience", "reduce_lr_patience",
                       "bn_recalibration_samples")
-        _unit_interval(self, key, "shift", "validation_split", "test_split", "crop_margin")
+        _unit_interval(self, key, "shift", "validation_split", "test_split", "crop_margin", "label_smoothing")
         if self.input_size < 16:
             raise ConfigError(f"{key}.input_size: must be >= 16, got {self.input_size}")
         if self.rotation_deg > 180:

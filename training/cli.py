@@ -18,7 +18,7 @@ from typing import Any
 
 from stream.config import Config, TrainingConfig, load_config
 from stream.contract import Color, ModelContract
-from stream.errors import ConfigError, DataError, ModelError
+from stream.errors import ConfigError, DataError, ModelError, OutputError
 
 __all__ = ["parse_normalize", "register"]
 
@@ -48,11 +48,14 @@ def _config_flag(parser: argparse.ArgumentParser) -> None:
                         help="config.yaml whose 'training:' section gives the defaults")
 
 
-def _data_flags(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
+def _data_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--fer2013", type=Path, metavar="CSV", help="fer2013.csv (emotion, pixels, Usage)")
     source.add_argument("--images", type=Path, metavar="DIR",
                         help="folder with one subfolder of images per class (or train/ val/ test/ of those)")
+    source.add_argument("--ferplus-dir", type=Path, metavar="DIR",
+                        help="FERPlus as its scripts write it: FER2013Train/ FER2013Valid/ FER2013Test/, "
+                             "each with PNGs and label.csv")
     parser.add_argument("--ferplus", type=Path, metavar="CSV",
                         help="fer2013new.csv: FERPlus votes replacing the FER2013 labels (needs --fer2013)")
     parser.add_argument("--label-mode", choices=("majority", "soft"), default=None,
@@ -67,8 +70,11 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
         description="Train on FER2013 (+ FERPlus) or a folder of images; RUN_DIR gets model.keras, "
                     "model.onnx, report.json (test split), confusion_matrix.png, history.csv/png.",
     )
-    _data_flags(p)
-    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder to write")
+    _data_flags(p, required=False)
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder to write")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run from its last finished epoch, with its own data and settings")
+    p.add_argument("--label-smoothing", type=float, metavar="E", help="label smoothing of the loss (default 0)")
     _config_flag(p)
     p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--batch-size", type=int)
@@ -175,7 +181,8 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 _TRAIN_FLAGS = ("epochs", "batch_size", "input_size", "arch", "learning_rate", "seed", "color", "crop_margin",
-                "class_weights", "augment", "bn_recalibration_samples", "early_stopping_patience")
+                "class_weights", "augment", "bn_recalibration_samples", "early_stopping_patience",
+                "label_smoothing")
 _DATA_FLAGS = ("label_mode", "merge_contempt")
 
 
@@ -235,7 +242,8 @@ def _dataset(args: argparse.Namespace, cfg: TrainingConfig, *, size_wh: tuple[in
 
     if args.ferplus is not None and args.fer2013 is None:
         raise DataError("--ferplus needs --fer2013 (the FERPlus file holds votes, not pixels)")
-    return load_dataset(fer2013=args.fer2013, ferplus=args.ferplus, images=args.images, size_wh=size_wh,
+    return load_dataset(fer2013=args.fer2013, ferplus=args.ferplus, images=args.images,
+                        ferplus_dir=getattr(args, "ferplus_dir", None), size_wh=size_wh,
                         color=color, label_mode=cfg.label_mode, merge_contempt=cfg.merge_contempt,
                         validation_split=cfg.validation_split, test_split=cfg.test_split, splits=splits)
 
@@ -252,8 +260,44 @@ def _print_report(report: Any) -> None:
 # --------------------------------------------------------------------------- handlers
 
 
+#: What ``train`` records in the run folder so that ``--resume RUN_DIR`` reloads the same data.
+_RUN_ARGS = "train_args.json"
+_SOURCE_FLAGS = ("fer2013", "ferplus", "images", "ferplus_dir")
+
+
+def _resume_args(args: argparse.Namespace) -> TrainingConfig:
+    """For ``--resume``: the interrupted run's data flags and settings (flags given now are refused)."""
+    import json
+
+    from training.trainer import read_state
+
+    given = [f"--{name.replace('_', '-')}" for name in (*_SOURCE_FLAGS, *_TRAIN_FLAGS, *_DATA_FLAGS)
+             if getattr(args, name, None) is not None]
+    if args.out is not None:
+        given.append("--out")
+    if given:
+        raise ConfigError(f"--resume continues a run with its own data and settings; drop {', '.join(given)}")
+    state = read_state(args.resume)
+    try:
+        saved = json.loads((args.resume / _RUN_ARGS).read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"'{args.resume / _RUN_ARGS}' could not be read: {err}") from err
+    for name in _SOURCE_FLAGS:
+        setattr(args, name, Path(saved[name]) if saved.get(name) else None)
+    args.out = args.resume
+    return TrainingConfig(**state["config"])
+
+
 def _train(args: argparse.Namespace) -> int:
-    cfg = _training_config(args, _TRAIN_FLAGS + _DATA_FLAGS)
+    import json
+
+    if args.resume is not None:
+        cfg = _resume_args(args)
+    else:
+        if args.out is None or not any(getattr(args, n, None) for n in ("fer2013", "images", "ferplus_dir")):
+            raise ConfigError("train needs --out RUN_DIR and one of --fer2013, --ferplus-dir, --images "
+                              "(or --resume RUN_DIR)")
+        cfg = _training_config(args, _TRAIN_FLAGS + _DATA_FLAGS)
     size = (cfg.input_size, cfg.input_size)
     dataset = _dataset(args, cfg, size_wh=size, color=cfg.color, splits=("train", "val", "test"))
     print(dataset.summary(), file=sys.stderr)
@@ -263,7 +307,16 @@ def _train(args: argparse.Namespace) -> int:
     def show(progress: Any) -> None:
         print(progress.line(), file=sys.stderr, flush=True)
 
-    result = train(dataset, args.out, cfg, progress=show, step_bar=sys.stderr.isatty(), opset=args.opset)
+    if args.resume is None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / _RUN_ARGS).write_text(json.dumps(
+                {name: str(Path(v).resolve()) if (v := getattr(args, name, None)) else None
+                 for name in _SOURCE_FLAGS}, indent=1))
+        except OSError as err:
+            raise OutputError(f"run folder '{args.out}' could not be written: {err.strerror or err}") from err
+    result = train(dataset, args.out, cfg, progress=show, step_bar=sys.stderr.isatty(), opset=args.opset,
+                   resume=args.resume is not None)
     print(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.seconds_per_epoch:.0f} s/epoch); "
           f"validation accuracy {100 * result.validation.accuracy:.2f}%")
     _print_report(result.test)

@@ -63,9 +63,11 @@ __all__ = [
     "Split",
     "convert_images",
     "ferplus_labels",
+    "ferplus_majority_mask",
     "ferplus_targets",
     "load_dataset",
     "load_fer2013",
+    "load_ferplus_dir",
     "load_image_array",
     "load_image_folder",
     "normalize_split_name",
@@ -108,10 +110,13 @@ class Split:
     Attributes:
         images: uint8 ``(N, H, W, C)``, C = 1 (gray) or 3 (in the dataset's colour order).
         targets: float32 ``(N, n_labels)``: one-hot, or a vote distribution (soft labels).
+        votes: FERPlus only: the raw ``(N, 10)`` vote counts of each kept image (FERPlus
+            column order), for :func:`ferplus_majority_mask` and the paper's scoring rule.
     """
 
     images: np.ndarray
     targets: np.ndarray
+    votes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -168,7 +173,7 @@ class Dataset:
         if size_wh == self.size_wh and color == self.color:
             return self
         splits = {
-            name: Split(convert_images(s.images, self.color, size_wh, color), s.targets)
+            name: Split(convert_images(s.images, self.color, size_wh, color), s.targets, s.votes)
             for name, s in self.splits.items()
         }
         return Dataset(self.labels, splits, color, self.source, self.notes)
@@ -241,6 +246,117 @@ def ferplus_targets(
     else:
         raise DataError(f"label_mode must be 'majority' or 'soft', got {label_mode!r}")
     return keep, targets[:, order].astype(np.float32)
+
+
+def ferplus_majority_mask(votes: np.ndarray, *, merge_contempt: bool = True) -> np.ndarray:
+    """Rows the FERPlus paper's *majority* rule keeps (the rule its 84.9 % was scored with).
+
+    Single votes are discarded (set to 0, they are treated as noise), then a row
+    is kept when its most-voted emotion holds more than half of the remaining
+    votes and that emotion is not ``unknown`` or ``NF``. ``contempt`` is added to
+    ``neutral`` first when ``merge_contempt``. The kept rows' label is that
+    emotion: the same as the plurality label :func:`ferplus_targets` gives.
+
+    Args:
+        votes: ``(N, 10)`` vote counts in FERPlus column order.
+
+    Returns:
+        A boolean mask of length N.
+    """
+    votes = np.asarray(votes, dtype=np.float64).copy()
+    if votes.ndim != 2 or votes.shape[1] != len(FERPLUS_EMOTIONS) + 2:
+        raise DataError(f"FERPlus votes must have {len(FERPLUS_EMOTIONS) + 2} columns, got shape {votes.shape}")
+    if merge_contempt:
+        names = list(FERPLUS_EMOTIONS)
+        votes[:, names.index("neutral")] += votes[:, names.index("contempt")]
+        votes[:, names.index("contempt")] = 0
+    votes[votes == 1] = 0
+    total = votes.sum(axis=1)
+    top = votes.argmax(axis=1)
+    top_votes = votes[np.arange(len(votes)), top]
+    return (total > 0) & (top_votes > total / 2) & (top < len(FERPLUS_EMOTIONS))
+
+
+#: The FERPlus folders Microsoft's ``generate_training_data.py`` writes, and their split.
+FERPLUS_FOLDERS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
+
+
+def load_ferplus_dir(
+    root: Path,
+    *,
+    label_mode: LabelMode = "majority",
+    merge_contempt: bool = True,
+    splits: Iterable[str] = SPLITS,
+) -> Dataset:
+    """Load FERPlus as its scripts lay it out: ``FER2013Train/ FER2013Valid/ FER2013Test/``.
+
+    Each folder holds 48x48 gray PNGs and a header-less ``label.csv``: image
+    name, face box, then the 10 vote counts (FERPlus column order). The rules
+    of :func:`ferplus_targets` apply; each split keeps its raw votes
+    (:attr:`Split.votes`) for the paper's majority scoring.
+
+    Raises:
+        DataError: A folder, ``label.csv`` or image is missing or malformed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"FERPlus folder '{root}' does not exist")
+    wanted = [name for name in SPLITS if name in {normalize_split_name(s) for s in splits}]
+    result: dict[str, Split] = {}
+    dropped = total = 0
+    for name in wanted:
+        folder = root / FERPLUS_FOLDERS[name]
+        names, votes = _read_ferplus_labels(folder / "label.csv")
+        keep, targets = ferplus_targets(votes, label_mode=label_mode, merge_contempt=merge_contempt)
+        kept = [n for n, k in zip(names, keep, strict=True) if k]
+        images = np.zeros((len(kept), FER2013_SIDE, FER2013_SIDE, 1), np.uint8)
+        for i, image_name in enumerate(kept):
+            images[i, ..., 0] = _read_gray_face(folder / image_name)
+        result[name] = Split(images, targets, votes[keep].astype(np.float32))
+        dropped += int((~keep).sum())
+        total += len(keep)
+    notes = (
+        f"FERPlus {label_mode} labels",
+        "contempt merged into neutral" if merge_contempt else "contempt kept as a class",
+        f"{dropped} of {total} images dropped (top vote unknown or NF, or no votes)",
+    )
+    return Dataset(ferplus_labels(merge_contempt), result, "gray", f"FERPlus '{root}'", notes)
+
+
+def _read_ferplus_labels(path: Path) -> tuple[list[str], np.ndarray]:
+    n_votes = len(FERPLUS_EMOTIONS) + len(_FERPLUS_NON_EMOTIONS)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [row for row in csv.reader(fh) if row]
+    except OSError as err:
+        raise DataError(f"FERPlus labels '{path}' could not be read: {err.strerror or err}") from err
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"FERPlus labels '{path}': not a valid CSV file: {err}") from err
+    if not rows:
+        raise DataError(f"FERPlus labels '{path}': no rows")
+    names: list[str] = []
+    votes = np.zeros((len(rows), n_votes), np.float64)
+    for i, row in enumerate(rows):
+        if len(row) != 2 + n_votes:
+            raise DataError(f"FERPlus labels '{path}': line {i + 1}: {len(row)} fields, expected "
+                            f"{2 + n_votes} (name, box, {n_votes} votes)")
+        try:
+            votes[i] = [float(v) for v in row[2:]]
+        except ValueError:
+            raise DataError(f"FERPlus labels '{path}': line {i + 1}: vote counts must be numbers") from None
+        if (votes[i] < 0).any():
+            raise DataError(f"FERPlus labels '{path}': line {i + 1}: negative vote count")
+        names.append(row[0].strip())
+    return names, votes
+
+
+def _read_gray_face(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+    if image is None:
+        raise DataError(f"FERPlus image '{path}' is missing or not an image")
+    if image.shape != (FER2013_SIDE, FER2013_SIDE):
+        image = cv2.resize(image, (FER2013_SIDE, FER2013_SIDE), interpolation=cv2.INTER_AREA)
+    return image
 
 
 def _parse_pixels(text: str, path: Path, line: int) -> np.ndarray:
@@ -570,6 +686,7 @@ def load_dataset(
     fer2013: Path | None = None,
     ferplus: Path | None = None,
     images: Path | None = None,
+    ferplus_dir: Path | None = None,
     size_wh: tuple[int, int] = (FER2013_SIDE, FER2013_SIDE),
     color: Color = "gray",
     label_mode: LabelMode = "majority",
@@ -583,7 +700,12 @@ def load_dataset(
     Raises:
         DataError: Neither or both sources given, or the data is malformed.
     """
-    either = "give either a FER2013 CSV (optionally with FERPlus) or an image folder"
+    either = "give one of: a FER2013 CSV (optionally with FERPlus), a FERPlus folder, an image folder"
+    if ferplus_dir is not None:
+        if fer2013 is not None or ferplus is not None or images is not None:
+            raise DataError(either)
+        data = load_ferplus_dir(ferplus_dir, label_mode=label_mode, merge_contempt=merge_contempt, splits=splits)
+        return data.converted(size_wh, color)
     if fer2013 is None:
         if images is None:
             raise DataError(either)

@@ -16,6 +16,9 @@ Architectures (:data:`ARCHITECTURES`):
 ``recipe-small``
     The same graph at a quarter of the width (16-16, 16-16, 32 x 4, 64-64,
     dense 256): about 0.1 M parameters, for tests and quick experiments.
+``resnet`` / ``resnet-small``
+    A ResNet-18-like network of basic blocks, two per stage, widths
+    32-64-128-256 (``resnet``, 2.8 M parameters) or 24-48-96-192; global average pooling.
 ``mini-xception``
     The mini-Xception of Arriaga et al. (the network behind the default
     model in ``models/``): 4 residual depthwise-separable modules, global
@@ -162,11 +165,51 @@ def _mini_xception(
     return keras.Model(inputs, outputs, name=name)
 
 
+def _resnet(widths: tuple[int, ...]) -> Callable[[tuple[int, int, int], int, float, str], keras.Model]:
+    """A small pre-activation-free ResNet for face crops (He et al. 2016, basic blocks).
+
+    Stem: 3x3 conv at full resolution, then a 2x2 max-pool. Then one stage per
+    width, two basic blocks each (3x3 conv, BN, ReLU, 3x3 conv, BN, + shortcut),
+    every stage after the first starting with stride 2. Global average pooling,
+    dropout 0.3, softmax. At 48x48 the last map is 3x3.
+    """
+
+    def build(input_shape: tuple[int, int, int], n_classes: int, bn_momentum: float, name: str) -> keras.Model:
+        reg = keras.regularizers.L2(5e-5)
+
+        def conv_bn(x: keras.KerasTensor, filters: int, stride: int = 1, relu: bool = True) -> keras.KerasTensor:
+            x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, kernel_regularizer=reg)(x)
+            x = layers.BatchNormalization(momentum=bn_momentum)(x)
+            return layers.Activation("relu")(x) if relu else x
+
+        inputs = keras.Input(shape=input_shape, name="input")
+        x = conv_bn(inputs, widths[0])
+        x = layers.MaxPooling2D(2)(x)
+        for stage, filters in enumerate(widths):
+            for block in range(2):
+                stride = 2 if stage > 0 and block == 0 else 1
+                shortcut = x
+                if stride != 1 or int(x.shape[-1]) != filters:
+                    shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, kernel_regularizer=reg)(x)
+                    shortcut = layers.BatchNormalization(momentum=bn_momentum)(shortcut)
+                y = conv_bn(x, filters, stride)
+                y = conv_bn(y, filters, relu=False)
+                x = layers.Activation("relu")(layers.Add()([y, shortcut]))
+        x = layers.GlobalAveragePooling2D()(x)
+        x = layers.Dropout(0.3)(x)
+        outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+        return keras.Model(inputs, outputs, name=name)
+
+    return build
+
+
 #: Architecture name -> builder ``(input_shape_hwc, n_classes, bn_momentum, name) -> Model``.
 ARCHITECTURES: dict[str, Callable[[tuple[int, int, int], int, float, str], keras.Model]] = {
     "mini-xception": _mini_xception,
     "recipe": _recipe(_RECIPE),
     "recipe-small": _recipe(_RECIPE_SMALL),
+    "resnet": _resnet((32, 64, 128, 256)),
+    "resnet-small": _resnet((24, 48, 96, 192)),
 }
 
 

@@ -29,8 +29,10 @@ holds no augmentation layers. Class weights (optional) are the "balanced"
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -235,6 +237,68 @@ class _Progress(keras.callbacks.Callback):
         ))
 
 
+#: Files of the per-epoch checkpoint that ``train(resume=True)`` continues from.
+LAST_MODEL = "last.keras"
+STATE_FILE = "state.json"
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: the whole model (optimizer included) and the callbacks' state.
+
+    Both files are written under a temporary name and renamed, so a run killed
+    at any moment leaves the previous epoch's checkpoint intact.
+    """
+
+    def __init__(self, run_dir: Path, config: TrainingConfig, best: _BestCheckpoint,
+                 progress: _Progress, watchers: dict[str, keras.callbacks.Callback]) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.config = config
+        self.best = best
+        self.progress = progress
+        self.watchers = watchers
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        tmp = self.run_dir / f".{LAST_MODEL}.tmp.keras"
+        self.model.save(tmp, overwrite=True)
+        os.replace(tmp, self.run_dir / LAST_MODEL)
+        state = {
+            "epoch": epoch + 1,
+            "best": list(self.best.best),
+            "best_epoch": self.best.best_epoch,
+            "seconds_per_epoch": self.progress.times,
+            "watchers": {name: {"wait": int(cb.wait), "best": float(cb.best)}
+                         for name, cb in self.watchers.items()},
+            "config": dataclasses.asdict(self.config),
+        }
+        _write_json(self.run_dir / STATE_FILE, state)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint state of an interrupted run (see :class:`_EpochCheckpoint`).
+
+    Raises:
+        DataError: ``run_dir`` holds no resumable checkpoint.
+    """
+    path = Path(run_dir) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"'{run_dir}' has no {STATE_FILE}: nothing to resume (start the run without --resume)"
+                        ) from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"'{path}' is not a readable checkpoint state: {err}") from err
+    if not (Path(run_dir) / LAST_MODEL).is_file() or not isinstance(state, dict) or "epoch" not in state:
+        raise DataError(f"'{run_dir}' holds an incomplete checkpoint ({LAST_MODEL} or its epoch is missing)")
+    return state
+
+
 def _log_progress(progress: EpochProgress) -> None:
     log.info("%s", progress.line())
 
@@ -304,6 +368,7 @@ def train(
     progress: Callable[[EpochProgress], None] | None = None,
     step_bar: bool = False,
     opset: int = 17,
+    resume: bool = False,
 ) -> TrainResult:
     """Train ``config.arch`` on ``dataset`` and write the run folder (see the module docstring).
 
@@ -315,6 +380,11 @@ def train(
         progress: Called after every epoch; default logs one INFO line.
         step_bar: Show a per-step progress bar on stderr.
         opset: ONNX opset of ``model.onnx``.
+        resume: Continue an interrupted run in ``run_dir`` from its last
+            finished epoch (``last.keras`` + ``state.json``, written after
+            every epoch): weights, optimizer state, learning rate, best
+            checkpoint and the early-stopping / learning-rate counters. The
+            shuffling order after a resume differs from an uninterrupted run.
 
     Returns:
         A :class:`TrainResult`.
@@ -349,12 +419,17 @@ def train(
     n_labels = len(data.labels)
     steps = math.ceil(len(train_split) / config.batch_size)
     momentum = auto_bn_momentum(steps) if config.bn_momentum == "auto" else float(config.bn_momentum)
-    model = build_model(config.arch, contract.input_shape(), n_labels, bn_momentum=momentum)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    state = read_state(run_dir) if resume else None
+    if state is not None:
+        model = keras.models.load_model(run_dir / LAST_MODEL)
+        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    else:
+        model = build_model(config.arch, contract.input_shape(), n_labels, bn_momentum=momentum)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
     log.info("%s", data.summary())
     log.info("model %s: %s parameters, input %s, batch-norm momentum %.3f", config.arch,
              f"{count_params(model):,}", contract.input_shape(), momentum)
@@ -369,30 +444,38 @@ def train(
 
     model_path = run_dir / "model.keras"
     history_csv = run_dir / "history.csv"
-    for stale in (model_path, history_csv):
-        stale.unlink(missing_ok=True)
+    if state is None:
+        for stale in (model_path, history_csv, run_dir / LAST_MODEL, run_dir / STATE_FILE):
+            stale.unlink(missing_ok=True)
     checkpoint = _BestCheckpoint(model_path)
     reporter = _Progress(config.epochs, steps, progress or _log_progress, step_bar, checkpoint)
+    watchers: dict[str, keras.callbacks.Callback] = {}
     callbacks: list[keras.callbacks.Callback] = []
     recal = _recalibration(model, train_split, contract, config)
     if recal is not None:
         callbacks.append(recal)
     callbacks += [checkpoint, keras.callbacks.TerminateOnNaN()]
     if config.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
-                                                       patience=config.early_stopping_patience))
+        watchers["early_stopping"] = keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=config.early_stopping_patience)
     if config.reduce_lr_patience > 0:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=_REDUCE_LR_FACTOR,
-                                                           patience=config.reduce_lr_patience,
-                                                           min_lr=_MIN_LEARNING_RATE))
+        watchers["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=_REDUCE_LR_FACTOR, patience=config.reduce_lr_patience,
+            min_lr=_MIN_LEARNING_RATE)
+    callbacks += watchers.values()
+    initial_epoch = 0
+    if state is not None:
+        initial_epoch = _restore(state, checkpoint, reporter)
+        callbacks.append(_RestoreWatchers(watchers, state.get("watchers", {})))
     # The reporter runs before the CSV logger: it adds the learning rate to the epoch's logs.
-    callbacks += [reporter, keras.callbacks.CSVLogger(str(history_csv))]
+    callbacks += [reporter, keras.callbacks.CSVLogger(str(history_csv), append=state is not None),
+                  _EpochCheckpoint(run_dir, config, checkpoint, reporter, watchers)]
 
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-                        shuffle=False, verbose=0)
-    train_seconds = time.perf_counter() - started
-    epochs_run = len(history.history.get("loss", []))
+                        shuffle=False, verbose=0, initial_epoch=initial_epoch)
+    train_seconds = time.perf_counter() - started + sum(reporter.times[:initial_epoch])
+    epochs_run = initial_epoch + len(history.history.get("loss", []))
     if not model_path.is_file():
         raise ModelError(f"training produced no checkpoint in {epochs_run} epochs (loss "
                          f"{history.history.get('loss', ['?'])[-1]}); try a lower learning rate")
@@ -440,6 +523,29 @@ def train(
     log.info("run folder %s: %s; ONNX parity max |diff| %.1e", run_dir, test.summary(), export.max_abs_diff)
     return TrainResult(run_dir, model_path, export.path, test, validation, export, epochs_run,
                        checkpoint.best_epoch, seconds_per_epoch)
+
+
+def _restore(state: dict[str, Any], checkpoint: _BestCheckpoint, reporter: _Progress) -> int:
+    """Put the best checkpoint and the epoch times back where the interrupted run left them."""
+    checkpoint.best = (float(state["best"][0]), float(state["best"][1]))
+    checkpoint.best_epoch = int(state["best_epoch"])
+    reporter.times = [float(t) for t in state.get("seconds_per_epoch", [])]
+    return int(state["epoch"])
+
+
+class _RestoreWatchers(keras.callbacks.Callback):
+    """Early stopping and the learning-rate cut reset their counters in ``on_train_begin``;
+    this runs after them and puts the interrupted run's counters back."""
+
+    def __init__(self, watchers: dict[str, keras.callbacks.Callback], saved: dict[str, dict[str, float]]) -> None:
+        super().__init__()
+        self.watchers = watchers
+        self.saved = saved
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        for name, cb in self.watchers.items():
+            if name in self.saved:
+                cb.wait, cb.best = int(self.saved[name]["wait"]), float(self.saved[name]["best"])
 
 
 def _recalibration(
