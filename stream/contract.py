@@ -16,19 +16,28 @@ JSON layout (version 1)::
       "normalize": {"scale": 0.00784, "offset": -1.0},  # x = uint8 * scale + offset
       "crop_margin": 0.15,                   # square face crop grown by this share of
                                              # its side on every edge
-      "output": "probabilities"              # or "logits" (softmax applied by the reader)
+      "output": "probabilities",             # or "logits" (softmax applied by the reader)
+      "temperature": 1.0                     # optional: calibrated probabilities are
+                                             # softmax(logits / T), for a probability
+                                             # output softmax(log(p) / T)
     }
+
+A contract without ``temperature`` reads as 1.0 (no change), so models
+exported before the field existed keep working.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from stream.errors import ModelError
 
-__all__ = ["CONTRACT_KEY", "FER2013_LABELS", "ModelContract"]
+__all__ = ["CONTRACT_KEY", "FER2013_LABELS", "ModelContract", "calibrated"]
 
 CONTRACT_KEY = "emostream.contract"
 
@@ -38,6 +47,35 @@ FER2013_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "
 Color = Literal["gray", "rgb", "bgr"]
 Layout = Literal["NHWC", "NCHW"]
 OutputKind = Literal["probabilities", "logits"]
+
+
+def calibrated(raw: np.ndarray, *, output: OutputKind = "probabilities", temperature: float = 1.0) -> np.ndarray:
+    """Probabilities from a classifier's raw output, scaled by a calibration temperature.
+
+    Logits get ``softmax(raw / T)``; probabilities get ``softmax(log(raw) / T)``,
+    the same thing (the log of a softmax is its logits less a per-row constant),
+    and are returned as they are when T is 1.
+
+    Args:
+        raw: ``(N, labels)`` model output.
+        output: ``probabilities`` or ``logits``.
+        temperature: T > 0; above 1 softens, below 1 sharpens.
+
+    Returns:
+        float32 ``(N, labels)``, rows summing to 1.
+    """
+    out = np.asarray(raw, np.float32)
+    if output == "probabilities":
+        if temperature == 1.0:
+            return out
+        # Probabilities that underflowed to 0 inside the model stay (nearly) 0.
+        out = np.log(np.maximum(out, np.float32(1e-30)))
+    if temperature != 1.0:
+        out = out / np.float32(temperature)
+    out = out - out.max(axis=1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,6 +91,9 @@ class ModelContract:
         normalize_offset: See ``normalize_scale``.
         crop_margin: The square face crop grows by this share of its side on each edge.
         output: ``probabilities`` (softmax inside the model) or ``logits``.
+        temperature: Calibration temperature T > 0 (``emostream calibrate`` fits it):
+            the reported probabilities are ``softmax(logits / T)``; 1.0 leaves the
+            model's own output unchanged.
     """
 
     labels: tuple[str, ...]
@@ -63,6 +104,7 @@ class ModelContract:
     normalize_offset: float = 0.0
     crop_margin: float = 0.0
     output: OutputKind = "probabilities"
+    temperature: float = 1.0
     version: int = field(default=1)
 
     @property
@@ -74,6 +116,10 @@ class ModelContract:
         """Input shape without the batch axis, in the contract's layout."""
         w, h = self.input_size_wh
         return (h, w, self.channels) if self.layout == "NHWC" else (self.channels, h, w)
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """The model's raw output ``(N, labels)`` as calibrated probabilities (:func:`calibrated`)."""
+        return calibrated(raw, output=self.output, temperature=self.temperature)
 
     def to_json(self) -> str:
         """Serialise to the JSON stored under :data:`CONTRACT_KEY`."""
@@ -112,6 +158,7 @@ class ModelContract:
                 normalize_offset=float(norm.get("offset", 0.0)),
                 crop_margin=float(data.get("crop_margin", 0.0)),
                 output=data.get("output", "probabilities"),
+                temperature=float(data.get("temperature", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ModelError(f"{origin}: contract metadata is invalid: {err!r}") from err
@@ -137,5 +184,8 @@ class ModelContract:
             problems.append(f"output must be probabilities or logits, got {self.output!r}")
         if not 0.0 <= self.crop_margin <= 1.0:
             problems.append(f"crop_margin must be in [0, 1], got {self.crop_margin}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            problems.append(f"temperature must be a finite number > 0, got {self.temperature!r}")
         if problems:
             raise ModelError(f"{origin}: contract metadata is invalid: " + "; ".join(problems))

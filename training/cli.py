@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_train(subparsers)
     _register_evaluate(subparsers)
     _register_export(subparsers)
+    _register_calibrate(subparsers)
 
 
 def _config_flag(parser: argparse.ArgumentParser) -> None:
@@ -108,9 +109,27 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     _data_flags(p)
     p.add_argument("--split", default="test", help="train, val or test (default test: FER2013 PrivateTest)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write report.json and confusion_matrix.png here")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="also score test-time flip averaging (each face and its mirror image), reported apart")
     _config_flag(p)
     _contract_flags(p, for_export=False)
     p.set_defaults(func=_evaluate)
+
+
+def _register_calibrate(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "calibrate", help="fit a probability temperature on the validation split, store it in the model",
+        description="Temperature scaling: fit T on the validation split (NLL), report the expected "
+                    "calibration error (15 bins) before and after on the test split, and write a copy "
+                    "of the ONNX model with T in its contract. Top-1 predictions do not change.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL.onnx", help="ONNX classifier carrying an emostream contract")
+    _data_flags(p)
+    p.add_argument("--out", type=Path, metavar="CALIBRATED.onnx",
+                   help="write the calibrated model here (may be MODEL.onnx itself); without it, only report")
+    p.add_argument("--report", type=Path, metavar="REPORT.json", help="write the numbers as JSON here")
+    _config_flag(p)
+    p.set_defaults(func=_calibrate)
 
 
 def _register_export(subparsers: argparse._SubParsersAction) -> None:
@@ -251,6 +270,25 @@ def _dataset(args: argparse.Namespace, cfg: TrainingConfig, *, size_wh: tuple[in
 def _print_report(report: Any) -> None:
     print(f"{report.split} split, {report.n_samples} images: accuracy {100 * report.accuracy:.2f}%, "
           f"macro F1 {report.macro_f1:.3f}")
+    extra = report.extra
+    majority = extra.get("majority_rule")
+    if majority is not None:
+        print(f"  plurality label: accuracy {100 * report.accuracy:.2f}% (n = {report.n_samples}); FERPlus "
+              f"majority rule: accuracy {100 * majority['accuracy']:.2f}% (n = {majority['n_samples']}), "
+              f"macro F1 {majority['macro_f1']:.3f}")
+    calibration = extra.get("calibration")
+    if calibration is not None:
+        raw = calibration.get("ece_at_temperature_1")
+        print(f"  calibration: temperature {calibration['temperature']:g}, ECE ({calibration['ece_bins']} bins) "
+              f"{100 * calibration['ece']:.2f}%" + (f" (at T = 1: {100 * raw:.2f}%)" if raw is not None else ""))
+    tta = extra.get("tta_flip")
+    if tta is not None:
+        line = f"  flip averaging: accuracy {100 * tta['accuracy']:.2f}% (n = {tta['n_samples']}), " \
+               f"macro F1 {tta['macro_f1']:.3f}"
+        if "majority_rule" in tta:
+            line += (f"; majority rule {100 * tta['majority_rule']['accuracy']:.2f}% "
+                     f"(n = {tta['majority_rule']['n_samples']})")
+        print(line + f"; ECE {100 * tta['ece']:.2f}%")
     width = max(len(label) for label in report.labels)
     print(f"  {'label':<{width}}  precision  recall     f1  support")
     for label, m in report.per_class.items():
@@ -347,11 +385,40 @@ def _evaluate(args: argparse.Namespace) -> int:
     split = normalize_split_name(args.split)
     contract = predictor.contract
     dataset = _dataset(args, cfg, size_wh=contract.input_size_wh, color=contract.color, splits=(split,))
-    report = evaluate_model(predictor, dataset, split)
+    report = evaluate_model(predictor, dataset, split, tta_flip=args.tta_flip)
     _print_report(report)
     if args.out is not None:
         path = write_report(report, args.out)
         print(f"wrote {path} and {path.parent / 'confusion_matrix.png'}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    cfg = _training_config(args, _DATA_FLAGS)
+    if args.model.suffix.lower() != ".onnx":
+        raise ConfigError(f"calibrate: MODEL must be an .onnx classifier (the temperature goes into its "
+                          f"contract metadata), got '{args.model}'")
+    from training.calibrate import calibrate_predictor, write_temperature
+    from training.evaluate import load_predictor
+
+    predictor = load_predictor(args.model)
+    contract = predictor.contract
+    dataset = _dataset(args, cfg, size_wh=contract.input_size_wh, color=contract.color, splits=("val", "test"))
+    report = calibrate_predictor(predictor, dataset)
+    for line in report.lines():
+        print(line)
+    if args.report is not None:
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        except OSError as err:
+            raise OutputError(f"report '{args.report}' could not be written: {err.strerror or err}") from err
+        print(f"wrote {args.report}")
+    if args.out is not None:
+        write_temperature(args.model, args.out, report.temperature)
+        print(f"wrote {args.out} (contract temperature {report.temperature:.4f})")
     return 0
 
 
