@@ -8,7 +8,7 @@ The pipeline (see :mod:`stream.pipeline`)::
 from stream.config import Config, load_config
 from stream.contract import CONTRACT_KEY, ModelContract
 from stream.errors import ConfigError, DataError, ModelError, OutputError, SourceError, StreamError
-from stream.pipeline import Models, RunOptions, RunSummary, load_models, run
+from stream.pipeline import Models, Pipeline, RunOptions, RunSummary, SourceSpec, load_models, run
 from stream.records import Face, Frame, FrameResult
 
 __all__ = [
@@ -23,9 +23,11 @@ __all__ = [
     "ModelError",
     "Models",
     "OutputError",
+    "Pipeline",
     "RunOptions",
     "RunSummary",
     "SourceError",
+    "SourceSpec",
     "StreamError",
     "load_config",
     "load_models",

@@ -2,6 +2,7 @@
 
     emostream run [SOURCE] [--output PATH] [--events PATH] [--config PATH] [--model PATH]
                   [--display/--no-display] [--max-frames N] [--max-seconds S]
+    emostream report EVENTS.jsonl [--out DIR] [--video PATH] [--config PATH]
     emostream train | evaluate | export ...     (training extra)
     emostream bench ...                         (benchmarks/fps.py)
 
@@ -12,6 +13,7 @@ finalises the outputs and exits 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -22,7 +24,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from stream.config import REPO_ROOT, load_config
+from stream.capture.spec import SourceSpec, load_sources
+from stream.config import REPO_ROOT, Config, load_config
 from stream.errors import ConfigError, StreamError
 
 __all__ = ["SAMPLE_CLIP", "build_parser", "main", "positive_float", "positive_int"]
@@ -66,8 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="process a video, image, webcam or stream",
                          description="Box every face and label its emotion.")
-    run.add_argument("source", nargs="?", default=None,
-                     help="video file, image file, webcam index (0) or stream URL; default: the bundled sample")
+    run.add_argument("source", nargs="*", default=[],
+                     help="video files, image files, webcam indexes (0) or stream URLs, processed together in "
+                          "one batched pipeline; default: the bundled sample")
+    run.add_argument("--sources", type=Path, metavar="FILE.yaml",
+                     help="sources file: a list of paths/URLs, or mappings with name, source, output, events, "
+                          "max_frames")
+    run.add_argument("--out-dir", type=Path, metavar="DIR", help="folder of the default outputs (output.dir)")
     run.add_argument("--output", type=Path,
                      help="annotated video (.mp4) or image; default: <output.dir>/<name>.annotated.*")
     run.add_argument("--events", type=Path, help="JSON Lines event log; default: <output.dir>/<name>.events.jsonl")
@@ -81,7 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=positive_int, help="frames per inference batch (runtime.batch_size)")
     run.add_argument("--providers", help="comma-separated: tensorrt,cuda,cpu (runtime.providers)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--report", action="store_true",
+                     help="also write the HTML report (and PNGs) to <name>.report/ beside the event log")
     run.set_defaults(func=_cmd_run)
+
+    report = sub.add_parser("report", help="HTML report and PNGs of a finished run, from its event log",
+                            description="Per-person emotion timelines, shares and episodes of one run: "
+                                        "a self-contained HTML page plus PNGs.")
+    report.add_argument("events", type=Path, help="the run's JSON Lines event log")
+    report.add_argument("--out", type=Path, help="report folder; default: <name>.report/ beside the log")
+    report.add_argument("--video", type=Path, help="the run's annotated video, for face thumbnails when the "
+                                                   "source video is gone; default: <name>.annotated.mp4 beside it")
+    report.add_argument("--config", type=Path, help="YAML config whose episodes: section sets the episode rules")
+    report.set_defaults(func=_cmd_report)
 
     bench = sub.add_parser("bench", help="FPS benchmark (benchmarks/fps.py)", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -94,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from stream.pipeline import RunOptions, run
+    from stream.pipeline import Pipeline, RunOptions, run
 
     config = load_config(args.config)
     providers = None
@@ -106,23 +126,77 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "runtime.batch_size": args.batch_size,
         "runtime.providers": providers,
         "output.progress": False if args.no_progress else None,
+        "output.dir": args.out_dir,
     })
-    source = args.source
-    if source is None:
-        source = str(SAMPLE_CLIP)
-        if not SAMPLE_CLIP.is_file():
-            raise ConfigError(f"the bundled sample '{SAMPLE_CLIP}' is missing: reinstall emostream or give a SOURCE")
+    specs = _source_specs(args)
     display = args.display if args.display is not None else {"on": True, "off": False}.get(config.output.display)
+    if args.report and args.events is None and not config.output.events:
+        raise ConfigError("--report needs the event log: give --events PATH or set output.events: true")
     options = RunOptions(output=args.output, events=args.events, display=display, max_frames=args.max_frames,
                          max_seconds=args.max_seconds, interrupt=_INTERRUPT)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    summary = run(source, config, options)
-    for line in summary.lines():
-        print(line, file=sys.stderr)
-    if summary.interrupted:
+    # One source: its failure is the run's error (raised). Several: each ends alone, named below.
+    summaries = [run(specs[0].spec, config, options)] if len(specs) == 1 else Pipeline(specs, config, options).run()
+    for summary in summaries:
+        for line in summary.lines():
+            print(line if len(summaries) == 1 else f"[{summary.source_id}] {line}", file=sys.stderr)
+        _episodes_and_report(summary.outputs, summary.lines(), config, args.report)
+    failed = [s for s in summaries if s.error is not None]
+    for summary in failed:
+        print(f"emostream: error: source {summary.source_id} ({summary.source}): {summary.error}", file=sys.stderr)
+    if any(s.interrupted for s in summaries):
         print("interrupted: outputs finalised", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+def _source_specs(args: argparse.Namespace) -> list[SourceSpec]:
+    """The sources of ``emostream run``: arguments, then the sources file; the sample clip without either."""
+    specs = [SourceSpec(s) for s in args.source]
+    if args.sources is not None:
+        specs += load_sources(args.sources)
+    if not specs:
+        if not SAMPLE_CLIP.is_file():
+            raise ConfigError(f"the bundled sample '{SAMPLE_CLIP}' is missing: reinstall emostream or give a SOURCE")
+        specs = [SourceSpec(str(SAMPLE_CLIP))]
+    if len(specs) > 1 and (args.output is not None or args.events is not None):
+        raise ConfigError("--output and --events name one file: with several sources use --out-dir, or set "
+                          "output/events per source in a --sources file")
+    return specs
+
+
+def _episodes_and_report(outputs: Sequence[Path], run_lines: list[str], config: Config, report: bool) -> None:
+    """After a run: ``<name>.episodes.jsonl`` beside its event log, and the report if asked for."""
+    events = next((Path(p) for p in outputs if Path(p).suffix == ".jsonl"), None)
+    if events is None or not events.is_file() or events.stat().st_size == 0:
+        return  # no event log, or not one frame processed
+    from stream.episodes import EventTable, derive_episodes, episodes_path, write_episodes
+
+    table = EventTable.from_jsonl(events)
+    episodes = derive_episodes(table, config.episodes)
+    written = write_episodes(episodes, episodes_path(events))
+    print(f"episodes: {len(episodes)} over {len(table.tracks())} track(s)", file=sys.stderr)
+    print(f"wrote: {written}", file=sys.stderr)
+    if report:
+        from stream.report import write_report
+
+        video = next((Path(p) for p in outputs if Path(p) != events), None)
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "training"}
+        result = write_report(events, config=config.episodes, video=video, table=table, episodes=episodes,
+                              run_lines=run_lines, settings=settings)
+        print(f"wrote: {result.html} (+ {len(result.pngs)} PNGs)", file=sys.stderr)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from stream.report import write_report
+
+    config = load_config(args.config)
+    if args.video is not None and not args.video.is_file():
+        raise ConfigError(f"--video '{args.video}' could not be read: no such file")
+    result = write_report(args.events, args.out, config=config.episodes, video=args.video)
+    print(f"episodes: {result.episode_count} over {result.tracks} track(s)", file=sys.stderr)
+    print(f"wrote: {result.html} (+ {len(result.pngs)} PNGs, {result.episodes})", file=sys.stderr)
     return EXIT_OK
 
 

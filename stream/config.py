@@ -9,6 +9,9 @@ naming the dotted key; command-line flags override the file through
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,22 +23,37 @@ import yaml
 from stream.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "MAX_BATCH_SIZE",
     "REPO_ROOT",
     "CaptureConfig",
     "ClassifierConfig",
     "Config",
     "DetectorConfig",
+    "EpisodesConfig",
     "OutputConfig",
     "RuntimeConfig",
     "TrackingConfig",
     "TrainingConfig",
     "build_dataclass",
+    "file_kind",
     "load_config",
 ]
 
 #: The repository root: default model paths and the sample clip are relative to it.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
+
+#: Upper bounds of the size-like settings: each buffer they size must fit a normal machine's memory
+#: (a batch of 2000 frames took 4.7 GB at warm-up; 100000 exhausted the host).
+MAX_BATCH_SIZE = 256
+MAX_QUEUE_SIZE = 1024
+MAX_LIVE_BUFFER = 256
+MAX_THREADS = 256
+#: Default of ``capture.max_image_pixels``: 100 megapixels (a 300 MB BGR image).
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+#: A config file larger than this is not a config file.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -50,11 +68,13 @@ class CaptureConfig:
     reconnect_initial_backoff_s: float = 0.5
     reconnect_max_backoff_s: float = 5.0
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
     def validate(self, key: str) -> None:
         _positive(self, key, "queue_size", "live_buffer", "open_timeout_s", "read_timeout_s",
-                  "reconnect_initial_backoff_s", "reconnect_max_backoff_s")
+                  "reconnect_initial_backoff_s", "reconnect_max_backoff_s", "max_image_pixels")
         _non_negative(self, key, "reconnect_budget_s")
+        _at_most(self, key, queue_size=MAX_QUEUE_SIZE, live_buffer=MAX_LIVE_BUFFER)
 
 
 @dataclass(frozen=True)
@@ -73,9 +93,19 @@ class DetectorConfig:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """The emotion classifier (any ONNX model carrying an emostream contract)."""
+    """The emotion classifier (any ONNX model carrying an emostream contract).
+
+    Attributes:
+        model: The ONNX file.
+        uncertain_below: A face whose top probability is below this is labelled
+            ``uncertain`` in the video, the event log and the summary (0: off).
+    """
 
     model: Path = MODELS_DIR / "emotion_minixception.onnx"
+    uncertain_below: float = 0.0
+
+    def validate(self, key: str) -> None:
+        _unit_interval(self, key, "uncertain_below")
 
 
 @dataclass(frozen=True)
@@ -86,10 +116,16 @@ class RuntimeConfig:
     intra_op_threads: int = 0
     batch_size: int = 8
     result_queue_size: int = 16
+    batch_timeout_ms: float = 0.0
+    batch_buckets: Literal["auto", "on", "off"] = "auto"
+    cudnn_conv_algo_search: Literal["DEFAULT", "HEURISTIC", "EXHAUSTIVE"] = "DEFAULT"
+    detect_every: int = 1
 
     def validate(self, key: str) -> None:
-        _positive(self, key, "batch_size", "result_queue_size")
-        _non_negative(self, key, "intra_op_threads")
+        _positive(self, key, "batch_size", "result_queue_size", "detect_every")
+        _non_negative(self, key, "intra_op_threads", "batch_timeout_ms")
+        _at_most(self, key, batch_size=MAX_BATCH_SIZE, result_queue_size=MAX_QUEUE_SIZE,
+                 intra_op_threads=MAX_THREADS)
         if not self.providers:
             raise ConfigError(f"{key}.providers: must name at least one provider")
 
@@ -117,15 +153,30 @@ class OutputConfig:
     dir: Path = Path("out")
     video: bool = True
     events: bool = True
-    codec: str = "mp4v"
+    codec: str = "h264"
     probability_bars: bool = True
     fps_overlay: bool = True
     progress: bool = True
     display: Literal["auto", "on", "off"] = "auto"
 
     def validate(self, key: str) -> None:
-        if len(self.codec) != 4:
-            raise ConfigError(f"{key}.codec: must be a four-character code, got {self.codec!r}")
+        if self.codec not in ("h264", "mpeg4") and len(self.codec) != 4:
+            raise ConfigError(f"{key}.codec: must be h264, mpeg4 (crash-safe fragmented MP4) or an OpenCV "
+                              f"four-character code such as mp4v, got {self.codec!r}")
+
+
+@dataclass(frozen=True)
+class EpisodesConfig:
+    """How per-frame probabilities become per-person emotion episodes (:mod:`stream.episodes`)."""
+
+    min_duration_s: float = 0.5
+    hysteresis: float = 0.1
+    max_gap_s: float = 1.0
+
+    def validate(self, key: str) -> None:
+        _non_negative(self, key, "min_duration_s", "max_gap_s")
+        if not 0.0 <= self.hysteresis < 1.0:
+            raise ConfigError(f"{key}.hysteresis: must be in [0, 1), got {self.hysteresis}")
 
 
 @dataclass(frozen=True)
@@ -164,6 +215,7 @@ class TrainingConfig:
         _non_negative(self, key, "rotation_deg", "early_stopping_patience", "reduce_lr_patience",
                       "bn_recalibration_samples")
         _unit_interval(self, key, "shift", "validation_split", "test_split", "crop_margin", "label_smoothing")
+        _at_most(self, key, input_size=1024, batch_size=4096, bn_recalibration_samples=1_000_000)
         if self.input_size < 16:
             raise ConfigError(f"{key}.input_size: must be >= 16, got {self.input_size}")
         if self.rotation_deg > 180:
@@ -185,6 +237,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    episodes: EpisodesConfig = field(default_factory=EpisodesConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
@@ -218,13 +271,23 @@ def load_config(path: Path | None) -> Config:
     if path is None:
         return Config()
     try:
+        # Not a regular file (a FIFO would block, /dev/zero never ends): say what it is instead.
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"config '{path}' could not be read: it is {file_kind(mode)}, not a file")
+        if os.stat(path).st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config '{path}' is larger than {MAX_CONFIG_BYTES // 1024} KB: not a config file")
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"config '{path}' could not be read: {err.strerror or err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config '{path}' is not a text (UTF-8) file: byte {err.start} is invalid") from err
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"config '{path}' is not valid YAML: {str(err).splitlines()[0]}") from err
+    except RecursionError as err:
+        raise ConfigError(f"config '{path}' is not a config file: nested too deeply") from err
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -257,7 +320,7 @@ def build_dataclass(cls: type[T], data: Any, key: str, *, origin: str = "config"
         raise ConfigError(f"{origin}: '{where}' must be a mapping, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
+    unknown = sorted(str(k) for k in set(data) - names)  # YAML keys may be numbers or null
     if unknown:
         dotted = f"{key}.{unknown[0]}" if key else unknown[0]
         raise ConfigError(f"{origin}: unknown config key '{dotted}' (known: {', '.join(sorted(names))})")
@@ -303,6 +366,8 @@ def _coerce(tp: Any, raw: Any, key: str, origin: str) -> Any:
             return raw
     elif tp is float:
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            if not math.isfinite(raw):
+                raise ConfigError(f"{origin}: '{key}' must be a finite number, got {raw!r}")
             return float(raw)
     elif tp is str:
         if isinstance(raw, str):
@@ -310,6 +375,21 @@ def _coerce(tp: Any, raw: Any, key: str, origin: str) -> Any:
     elif tp is Path and isinstance(raw, (str, Path)) and str(raw):
         return Path(raw)
     raise ConfigError(f"{origin}: '{key}' must be {_type_name(tp)}, got {_describe(raw)}")
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages: ``a FIFO (named pipe)``, ``a character device`` ..."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def _type_name(tp: Any) -> str:
@@ -331,6 +411,12 @@ def _non_negative(obj: Any, key: str, *names: str) -> None:
     for name in names:
         if getattr(obj, name) < 0:
             raise ConfigError(f"{key}.{name}: must be >= 0, got {getattr(obj, name)}")
+
+
+def _at_most(obj: Any, key: str, **bounds: int) -> None:
+    for name, bound in bounds.items():
+        if getattr(obj, name) > bound:
+            raise ConfigError(f"{key}.{name}: must be <= {bound}, got {getattr(obj, name)}")
 
 
 def _unit_interval(obj: Any, key: str, *names: str) -> None:

@@ -25,6 +25,7 @@ class Frame:
         t_media_s: Presentation time from the container (files) or since the start (live).
         t_capture_s: ``time.perf_counter()`` when the frame was decoded.
         image_bgr: The pixels, HxWx3 uint8 BGR.
+        source_id: Position of the source in the pipeline's source list (stable for the run).
     """
 
     source: str
@@ -32,6 +33,7 @@ class Frame:
     t_media_s: float
     t_capture_s: float
     image_bgr: np.ndarray
+    source_id: int = 0
 
     @property
     def size_wh(self) -> tuple[int, int]:
@@ -48,12 +50,15 @@ class Face:
         score: Detector confidence in [0, 1].
         probs: Emotion probabilities, in the classifier's label order (smoothed if enabled).
         id: Track id, stable across frames (-1 until tracked).
+        keypoints_xy: The detector's six BlazeFace keypoints (right eye, left eye, nose tip,
+            mouth, right ear, left ear) in source-frame pixels, ``(6, 2)``; empty if unknown.
     """
 
     box_xyxy: np.ndarray
     score: float
     probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     id: int = -1
+    keypoints_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
 
 
 @dataclass(slots=True)
@@ -83,10 +88,12 @@ class EndOfStream:
     Attributes:
         reason: Why the stream ended (``"eof"``, ``"stopped"``, ``"max_frames"`` ...).
         warning: A problem worth telling the user (a truncated file), or ``""``.
+        source_id: The source that ended (None: the whole pipeline).
     """
 
     reason: str = "eof"
     warning: str = ""
+    source_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,10 @@ class StageError:
     Attributes:
         stage: Name of the stage that failed.
         error: The exception.
+        source_id: The one source it concerns (its capture failed; the others go on),
+            or None when the whole pipeline must stop.
     """
 
     stage: str
     error: BaseException
+    source_id: int | None = None

@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from stream.contract import CONTRACT_KEY, Color, ModelContract
 from stream.errors import ModelError
-from stream.infer.session import create_session
+from stream.infer.session import BatchBuckets, create_session
 
 __all__ = ["CropSpec", "EmotionClassifier", "crop_faces"]
 
@@ -68,8 +68,10 @@ class EmotionClassifier:
         ModelError: The model's input or output does not match its contract.
     """
 
-    def __init__(self, session: ort.InferenceSession, contract: ModelContract, name: str = "classifier") -> None:
+    def __init__(self, session: ort.InferenceSession, contract: ModelContract, name: str = "classifier", *,
+                 buckets: BatchBuckets | None = None) -> None:
         self.session = session
+        self.buckets = buckets or BatchBuckets()
         self.contract = contract
         self.labels = contract.labels
         inputs = session.get_inputs()
@@ -94,13 +96,15 @@ class EmotionClassifier:
         self.output_name = outputs[0].name
 
     @classmethod
-    def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0) -> EmotionClassifier:
+    def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0, *,
+                  cuda_options: dict[str, str] | None = None, buckets: BatchBuckets | None = None
+                  ) -> EmotionClassifier:
         """Load a classifier and its contract.
 
         Raises:
             ModelError: Missing or corrupt file, no contract, or a contract that does not fit.
         """
-        session = create_session(path, providers, threads, what="classifier")
+        session = create_session(path, providers, threads, what="classifier", cuda_options=cuda_options)
         meta = session.get_modelmeta().custom_metadata_map
         if CONTRACT_KEY not in meta:
             raise ModelError(
@@ -108,12 +112,12 @@ class EmotionClassifier:
                 "'emostream export' so the stream knows its labels and input"
             )
         contract = ModelContract.from_json(meta[CONTRACT_KEY], origin=f"classifier model '{path}'")
-        return cls(session, contract, name=str(path))
+        return cls(session, contract, name=str(path), buckets=buckets)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run once per batch size so the first real faces are not slow."""
+        """Run once per batch size (every bucket, with buckets) so the first real faces are not slow."""
         w, h = self.contract.input_size_wh
-        for size in batch_sizes:
+        for size in self.buckets.sizes or batch_sizes:
             shape = (size, h, w) if self.contract.color == "gray" else (size, h, w, 3)
             self.classify(np.zeros(shape, np.uint8))
 
@@ -128,9 +132,6 @@ class EmotionClassifier:
             x = x[..., None]
         if self.contract.layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        out = self.session.run([self.output_name], {self.input_name: x})[0]
-        out = np.asarray(out, np.float32)
-        if self.contract.output == "logits":
-            out = np.exp(out - out.max(axis=1, keepdims=True))
-            out /= out.sum(axis=1, keepdims=True)
-        return out
+        out = self.buckets.run(lambda b: self.session.run([self.output_name], {self.input_name: b}), x)[0]
+        # Softmax of logits and the calibration temperature, as the contract says.
+        return self.contract.probabilities(out)

@@ -19,17 +19,22 @@ import onnxruntime as ort
 
 from stream.boxes import pairwise_iou
 from stream.errors import ModelError
-from stream.infer.session import create_session
+from stream.infer.session import BatchBuckets, create_session
 
 __all__ = ["Detection", "FaceDetector", "blazeface_anchors"]
 
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """A face box in source-frame pixels with its confidence."""
+    """A face box and its six BlazeFace keypoints in source-frame pixels, with its confidence.
+
+    ``keypoints_xy`` (6, 2): right eye, left eye, nose tip, mouth centre, right ear
+    tragion, left ear tragion (the subject's right and left), as MediaPipe orders them.
+    """
 
     box_xyxy: np.ndarray
     score: float
+    keypoints_xy: np.ndarray
 
 
 # MediaPipe's SSD anchor options for the two BlazeFace models, keyed by input size.
@@ -78,8 +83,9 @@ class FaceDetector:
     """
 
     def __init__(self, session: ort.InferenceSession, score_threshold: float = 0.5, nms_iou: float = 0.3,
-                 min_face_px: int = 0, *, name: str = "detector") -> None:
+                 min_face_px: int = 0, *, name: str = "detector", buckets: BatchBuckets | None = None) -> None:
         self.session = session
+        self.buckets = buckets or BatchBuckets()
         inputs = session.get_inputs()
         outputs = session.get_outputs()
         shape = inputs[0].shape
@@ -95,14 +101,15 @@ class FaceDetector:
 
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0,
-                  score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 0) -> FaceDetector:
+                  score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 0, *,
+                  cuda_options: dict[str, str] | None = None, buckets: BatchBuckets | None = None) -> FaceDetector:
         """Load a BlazeFace ONNX file. Raises ModelError if it is missing or not BlazeFace."""
-        session = create_session(path, providers, threads, what="detector")
-        return cls(session, score_threshold, nms_iou, min_face_px, name=str(path))
+        session = create_session(path, providers, threads, what="detector", cuda_options=cuda_options)
+        return cls(session, score_threshold, nms_iou, min_face_px, name=str(path), buckets=buckets)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run once per batch size so the first real frames are not slow."""
-        for size in batch_sizes:
+        """Run once per batch size (every bucket, with buckets) so the first real frames are not slow."""
+        for size in self.buckets.sizes or batch_sizes:
             self._infer(np.zeros((size, self.input_size, self.input_size, 3), np.uint8))
 
     def detect(self, images_bgr: list[np.ndarray]) -> list[list[Detection]]:
@@ -124,7 +131,7 @@ class FaceDetector:
         x = batch.astype(np.float32)
         x *= 1.0 / 127.5
         x -= 1.0
-        regressors, scores = self.session.run(None, {self.input_name: x})
+        regressors, scores = self.buckets.run(lambda b: self.session.run(None, {self.input_name: b}), x)
         return regressors, scores
 
     def _letterbox(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,12 +172,14 @@ class FaceDetector:
         centers = reg[:, :2] + anchors * size  # letterbox pixels
         half = reg[:, 2:4] / 2.0
         boxes = np.concatenate([centers - half, centers + half], axis=1)
+        reg_kp = raw_boxes[img_idx, anchor_idx, 4:16].reshape(-1, 6, 2) + anchors[:, None, :] * size
         # letterbox pixels -> source pixels
         boxes = (boxes - np.tile(pad[img_idx], 2)) / scale[img_idx, None]
+        keypoints = (reg_kp - pad[img_idx, None, :]) / scale[img_idx, None, None]
         cand_scores = scores[img_idx, anchor_idx]
         wh = boxes[:, 2:] - boxes[:, :2]
         big = np.minimum(wh[:, 0], wh[:, 1]) >= max(self.min_face_px, 1)
-        boxes, cand_scores, img_idx, wh = boxes[big], cand_scores[big], img_idx[big], wh[big]
+        boxes, cand_scores, img_idx, wh, keypoints = boxes[big], cand_scores[big], img_idx[big], wh[big], keypoints[big]
         if boxes.shape[0] == 0:
             return results
         xywh = np.concatenate([boxes[:, :2], wh], axis=1)
@@ -183,6 +192,8 @@ class FaceDetector:
             group = same[overlap > self.nms_iou]
             weights = cand_scores[group]
             blended = (boxes[group] * weights[:, None]).sum(axis=0) / weights.sum()
-            results[int(img_idx[k])].append(Detection(blended.astype(np.float32), float(cand_scores[k])))
+            points = (keypoints[group] * weights[:, None, None]).sum(axis=0) / weights.sum()
+            results[int(img_idx[k])].append(Detection(blended.astype(np.float32), float(cand_scores[k]),
+                                                      points.astype(np.float32)))
         return results
 

@@ -1,8 +1,13 @@
-"""The inference stage: batches of frames in, frames with labelled faces out.
+"""The inference stage: frames of every source in, frames with labelled faces out.
 
-Per batch: one detector call for all frames, one classifier call for all faces
-of all frames, then the tracker in frame order. Runs on its own thread; ends
-by forwarding the capture's end marker, or a :class:`StageError` of its own.
+:class:`Mux` takes fair batches from the sources' capture queues (round robin,
+one frame per source per round, flushed when full or when nothing more is
+waiting). Per batch: one detector call for all frames, one classifier call for
+all faces of all frames; then each source's own tracker, in frame order.
+Results leave in one queue, each frame carrying its ``source_id``; a source's
+end or failure is forwarded as its :class:`EndOfStream` / :class:`StageError`
+(with that ``source_id``) and the other sources go on. The stage ends with an
+:class:`EndOfStream` of its own (``source_id`` None) once every source ended.
 """
 
 from __future__ import annotations
@@ -11,46 +16,99 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from stream.capture.thread import put_until_stopped
 from stream.infer.classify import EmotionClassifier, crop_faces
-from stream.infer.detect import FaceDetector
+from stream.infer.detect import Detection, FaceDetector
 from stream.records import EndOfStream, Face, Frame, FrameResult, StageError
 from stream.track import IouTracker
+from stream.worker import Worker
 
-__all__ = ["InferenceThread", "infer_batch", "take_batch"]
+__all__ = ["InferenceThread", "Mux", "infer_batch", "take_batch"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
 
+Marker = EndOfStream | StageError
 
-def infer_batch(frames: list[Frame], detector: FaceDetector, classifier: EmotionClassifier,
-                tracker: IouTracker | None) -> list[FrameResult]:
-    """Detect, classify and track the faces of a batch of frames (two model calls in all)."""
-    detections = detector.detect([f.image_bgr for f in frames])
-    crops: list[np.ndarray] = []
-    for frame, dets in zip(frames, detections, strict=True):
-        crops.extend(crop_faces(frame.image_bgr, [d.box_xyxy for d in dets], classifier.contract))
-    probs = classifier.classify(np.stack(crops)) if crops else np.zeros((0, len(classifier.labels)), np.float32)
-    results = []
-    k = 0
-    for frame, dets in zip(frames, detections, strict=True):
-        faces = [Face(det.box_xyxy, det.score, probs[k + i]) for i, det in enumerate(dets)]
-        k += len(dets)
-        if tracker is not None:
-            tracker.update(faces)
-        results.append(FrameResult(frame, faces, time.perf_counter()))
-    return results
+
+class Mux:
+    """Fair batches from several sources' queues (see the module docstring).
+
+    Args:
+        queues: One capture queue per source, indexed by ``source_id``.
+        batch_size: Most frames per batch.
+        timeout_s: After the first frame, wait this long for more before flushing (0: never wait).
+        ready: Set by the producers after each put (their ``on_put``); without it the mux polls.
+    """
+
+    def __init__(self, queues: Sequence[queue.Queue], batch_size: int, timeout_s: float = 0.0,
+                 ready: threading.Event | None = None) -> None:
+        self.queues = list(queues)
+        self.batch_size = batch_size
+        self.timeout_s = timeout_s
+        self.active = set(range(len(self.queues)))
+        self.ready = ready or threading.Event()
+        self._next = 0
+
+    def take(self, stop: threading.Event) -> tuple[list[Frame], list[Marker]]:
+        """Wait for at least one frame or marker, then fill a batch round robin.
+
+        Returns:
+            The frames, and the markers of the sources that ended (those sources are
+            no longer active). Both empty when ``stop`` was set or no source is active.
+        """
+        frames: list[Frame] = []
+        markers: list[Marker] = []
+        deadline: float | None = None
+        while self.active and not stop.is_set():
+            self.ready.clear()  # before scanning: a put after the scan sets it again
+            took = self._round(frames, markers)
+            while took and len(frames) < self.batch_size:
+                took = self._round(frames, markers)
+            if len(frames) >= self.batch_size or (markers and not frames):
+                break
+            if frames:
+                if deadline is None:
+                    deadline = time.monotonic() + self.timeout_s
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                self.ready.wait(min(wait, _POLL_S))
+            else:
+                self.ready.wait(_POLL_S)
+        return frames, markers
+
+    def _round(self, frames: list[Frame], markers: list[Marker]) -> bool:
+        """One frame (or end marker) from each active source, starting after the last served."""
+        n = len(self.queues)
+        took = False
+        for k in range(n):
+            if len(frames) >= self.batch_size:
+                break
+            source_id = (self._next + k) % n
+            if source_id not in self.active:
+                continue
+            try:
+                item = self.queues[source_id].get_nowait()
+            except queue.Empty:
+                continue
+            took = True
+            if isinstance(item, (EndOfStream, StageError)):
+                self.active.discard(source_id)
+                markers.append(item)
+            else:
+                frames.append(item)
+        self._next = (self._next + 1) % max(n, 1)
+        return took
 
 
 def take_batch(frames: queue.Queue, batch_size: int, stop: threading.Event, timeout_s: float | None = None
                ) -> tuple[list[Frame], EndOfStream | StageError | None]:
-    """Wait for one frame, then take what else the queue already holds, up to ``batch_size``.
-
-    A live source never waits for a batch to fill; a file keeps the queue full anyway.
+    """One source's batch: wait for a frame, then take what else the queue holds, up to ``batch_size``.
 
     Args:
         frames: The capture queue (frames, then one end or error marker).
@@ -62,79 +120,131 @@ def take_batch(frames: queue.Queue, batch_size: int, stop: threading.Event, time
         The frames taken, and the marker met after them (``EndOfStream("stopped")`` when
         ``stop`` was set first), or None.
     """
+    mux = Mux([frames], batch_size)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         if stop.is_set():
             return [], EndOfStream("stopped")
-        try:
-            item = frames.get(timeout=_POLL_S)
-            break
-        except queue.Empty:
-            if deadline is not None and time.monotonic() >= deadline:
-                return [], None
-    batch: list[Frame] = []
-    while True:
-        if isinstance(item, (EndOfStream, StageError)):
-            return batch, item
-        batch.append(item)
-        if len(batch) >= batch_size:
-            return batch, None
-        try:
-            item = frames.get_nowait()
-        except queue.Empty:
-            return batch, None
+        got, markers = mux.take(_Deadline(stop, deadline))
+        if got or markers:
+            return got, markers[0] if markers else None
+        if deadline is not None and time.monotonic() >= deadline:
+            return [], None
 
 
-class InferenceThread:
-    """Takes up to ``batch_size`` frames at a time from ``frames`` (:func:`take_batch`) and emits
-    results in order."""
+class _Deadline(threading.Event):
+    """A stop event that also fires at a deadline (for :func:`take_batch`'s timeout)."""
 
-    def __init__(self, frames: queue.Queue, detector: FaceDetector, classifier: EmotionClassifier,
-                 tracker: IouTracker | None, batch_size: int, results_size: int, stop: threading.Event) -> None:
-        self.frames = frames
+    def __init__(self, stop: threading.Event, deadline: float | None) -> None:
+        super().__init__()
+        self._stop, self._deadline = stop, deadline
+
+    def is_set(self) -> bool:
+        return self._stop.is_set() or (self._deadline is not None and time.monotonic() >= self._deadline)
+
+
+def infer_batch(frames: list[Frame], detector: FaceDetector, classifier: EmotionClassifier,
+                tracker: IouTracker | Callable[[int], IouTracker | None] | None,
+                detections: list[list[Detection]] | None = None) -> list[FrameResult]:
+    """Detect, classify and track the faces of a batch of frames (two model calls in all).
+
+    Args:
+        frames: Frames of one or many sources.
+        detector: The face detector.
+        classifier: The emotion classifier.
+        tracker: One tracker for all frames, or ``source_id -> tracker`` (None: no tracking).
+        detections: Each frame's faces when already known (frame skipping); None: detect them here.
+    """
+    found = detector.detect([f.image_bgr for f in frames]) if detections is None else detections
+    crops: list[np.ndarray] = []
+    for frame, dets in zip(frames, found, strict=True):
+        crops.extend(crop_faces(frame.image_bgr, [d.box_xyxy for d in dets], classifier.contract))
+    probs = classifier.classify(np.stack(crops)) if crops else np.zeros((0, len(classifier.labels)), np.float32)
+    results = []
+    k = 0
+    for frame, dets in zip(frames, found, strict=True):
+        faces = [Face(det.box_xyxy, det.score, probs[k + i], keypoints_xy=det.keypoints_xy)
+                 for i, det in enumerate(dets)]
+        k += len(dets)
+        track = tracker(frame.source_id) if callable(tracker) else tracker
+        if track is not None:
+            track.update(faces)
+        results.append(FrameResult(frame, faces, time.perf_counter()))
+    return results
+
+
+class InferenceThread(Worker):
+    """Runs :func:`infer_batch` on the :class:`Mux`'s batches and emits results in capture order per source.
+
+    Args:
+        frames: One capture queue per source (or a single queue: one source).
+        detector: The face detector.
+        classifier: The emotion classifier.
+        tracker: A tracker per source (``source_id -> tracker``), one tracker, or None.
+        batch_size: Most frames per batch.
+        results_size: Size of :attr:`results`.
+        stop: The pipeline's stop event.
+        batch_timeout_s: See :class:`Mux`.
+        detect_every: Detect faces on every k-th frame of a source; in between, the last
+            boxes are classified again and tracked.
+        ready: The producers' wake-up event (see :class:`Mux`).
+    """
+
+    def __init__(self, frames: queue.Queue | Sequence[queue.Queue], detector: FaceDetector,
+                 classifier: EmotionClassifier, tracker: IouTracker | Callable[[int], IouTracker | None] | None,
+                 batch_size: int, results_size: int, stop: threading.Event, *, batch_timeout_s: float = 0.0,
+                 detect_every: int = 1, ready: threading.Event | None = None) -> None:
+        super().__init__("inference", results_size, stop)
+        queues = [frames] if isinstance(frames, queue.Queue) else list(frames)
+        self.mux = Mux(queues, batch_size, batch_timeout_s, ready)
         self.detector = detector
         self.classifier = classifier
         self.tracker = tracker
-        self.batch_size = batch_size
-        self.stop = stop
-        self.results: queue.Queue = queue.Queue(maxsize=results_size)
+        self.detect_every = detect_every
         self.busy_s = 0.0
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._last: dict[int, tuple[int, list[Detection] | int]] = {}
 
-    def start(self) -> InferenceThread:
-        self._thread.start()
-        return self
+    @property
+    def results(self) -> queue.Queue:
+        return self.out
 
-    def _run(self) -> None:
-        end: EndOfStream | StageError = EndOfStream("stopped")
-        try:
-            while not self.stop.is_set():
-                batch, marker = take_batch(self.frames, self.batch_size, self.stop)
-                if batch:
-                    t0 = time.perf_counter()
-                    results = infer_batch(batch, self.detector, self.classifier, self.tracker)
-                    self.busy_s += time.perf_counter() - t0
-                    for result in results:
-                        if not put_until_stopped(self.results, result, self.stop):
-                            return
-                if marker is not None:
-                    end = marker
-                    break
-        except BaseException as err:
-            end = StageError("inference", err)
-        finally:
-            if isinstance(end, StageError) or not self.stop.is_set():
-                put_until_stopped(self.results, end, self.stop)
+    def produce(self) -> EndOfStream:
+        while not self.stop.is_set():
+            batch, markers = self.mux.take(self.stop)
+            if batch:
+                t0 = time.perf_counter()
+                results = infer_batch(batch, self.detector, self.classifier, self.tracker, self._reuse(batch))
+                self.busy_s += time.perf_counter() - t0
+                for result in results:
+                    if not self.emit(result):
+                        return EndOfStream("stopped")
+            for marker in markers:
+                if not self.emit(marker):
+                    return EndOfStream("stopped")
+            if not self.mux.active:
+                return EndOfStream("eof")
+        return EndOfStream("stopped")
+
+    def _reuse(self, batch: list[Frame]) -> list[list[Detection]] | None:
+        """With ``detect_every`` k > 1: each frame's detections, fresh for every k-th frame of a
+        source and reused from that frame for the k - 1 after it (None: detect every frame)."""
+        if self.detect_every <= 1:
+            return None
+        todo: list[int] = []
+        plan: list[list[Detection] | int] = []  # known detections, or a position in ``todo``
+        for i, frame in enumerate(batch):
+            seen, ref = self._last.get(frame.source_id, (-1, []))
+            if seen < 0 or frame.index - seen >= self.detect_every:
+                ref = len(todo)
+                todo.append(i)
+                self._last[frame.source_id] = (frame.index, ref)
+            plan.append(ref)
+        found = self.detector.detect([batch[i].image_bgr for i in todo]) if todo else []
+        for source_id, (seen, ref) in self._last.items():
+            if isinstance(ref, int):
+                self._last[source_id] = (seen, found[ref])
+        return [found[ref] if isinstance(ref, int) else ref for ref in plan]
 
     def join(self, timeout_s: float = 5.0) -> None:
         """Wait for the thread after ``stop`` was set, draining its queue so it can finish."""
-        deadline = time.monotonic() + timeout_s
-        while self._thread.is_alive() and time.monotonic() < deadline:
-            while True:
-                try:
-                    self.results.get_nowait()
-                except queue.Empty:
-                    break
-            self._thread.join(_POLL_S)
-        if self._thread.is_alive():
-            log.warning("inference thread did not stop within %.1f s", timeout_s)
+        self.close(timeout_s)

@@ -1,6 +1,6 @@
 """Render/record stage: drawing, writers and the live window."""
 
-from stream.render.display import Window, display_available
+from stream.render.display import Window, display_available, mosaic
 from stream.render.draw import annotate
 from stream.render.record import EventLog, ImageWriter, VideoRecorder, check_writable, event_record
 
@@ -13,4 +13,5 @@ __all__ = [
     "check_writable",
     "display_available",
     "event_record",
+    "mosaic",
 ]
