@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from stream.labels import UNCERTAIN, face_label
 from stream.records import FrameResult
 
 __all__ = ["LABEL_COLORS_BGR", "annotate"]
@@ -21,6 +22,7 @@ LABEL_COLORS_BGR = {
     "surprise": (230, 200, 40),
     "neutral": (190, 190, 190),
     "contempt": (60, 100, 160),
+    UNCERTAIN: (110, 110, 110),
 }
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -33,7 +35,8 @@ def _color(label: str) -> tuple[int, int, int]:
     return (h & 0xFF, (h >> 8) & 0xFF, (h >> 16) & 0xFF)
 
 
-def annotate(result: FrameResult, labels: Sequence[str], *, bars: bool = True, status: str = "") -> np.ndarray:
+def annotate(result: FrameResult, labels: Sequence[str], *, bars: bool = True, status: str = "",
+             uncertain_below: float = 0.0) -> np.ndarray:
     """Draw every face of ``result`` onto its frame (in place) and return the image.
 
     Args:
@@ -41,6 +44,8 @@ def annotate(result: FrameResult, labels: Sequence[str], *, bars: bool = True, s
         labels: Class names in the classifier's order.
         bars: Also draw per-class probability bars beside each face.
         status: Text for the top-left corner (FPS, latency), or "" for none.
+        uncertain_below: Faces whose top probability is below this are labelled ``uncertain``
+            (:func:`stream.labels.face_label`; the bars still show every class).
     """
     image = result.frame.image_bgr
     h, w = image.shape[:2]
@@ -49,10 +54,15 @@ def annotate(result: FrameResult, labels: Sequence[str], *, bars: bool = True, s
     for face in result.faces:
         x1, y1, x2, y2 = (round(float(v)) for v in face.box_xyxy)
         top = int(np.argmax(face.probs)) if face.probs.size else -1
-        label = labels[top] if top >= 0 else "face"
+        label = face_label(face.probs, labels, uncertain_below) if top >= 0 else "face"
         color = _color(label)
         cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness + 1, cv2.LINE_AA)
-        text = f"#{face.id} {label} {face.probs[top]:.0%}" if top >= 0 else f"#{face.id}"
+        if top < 0:
+            text = f"#{face.id}"
+        elif label == UNCERTAIN:
+            text = f"#{face.id} {UNCERTAIN} ({labels[top]} {face.probs[top]:.0%})"
+        else:
+            text = f"#{face.id} {label} {face.probs[top]:.0%}"
         (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, thickness)
         ty = y1 - 4 if y1 - th - base - 4 > 0 else min(h - 1, y2 + th + 4)
         cv2.rectangle(image, (x1, ty - th - base), (x1 + tw + 4, ty + base - 2), color, -1)

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from stream.errors import OutputError
+from stream.labels import face_label
 from stream.records import FrameResult
 
 __all__ = ["EventLog", "ImageWriter", "VideoRecorder", "check_writable", "event_record"]
@@ -102,16 +103,19 @@ class ImageWriter:
         self.close()
 
 
-def event_record(result: FrameResult, labels: Sequence[str]) -> dict:
-    """The event-log line of one frame (boxes in source pixels)."""
+def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below: float = 0.0) -> dict:
+    """The event-log line of one frame (boxes in source pixels).
+
+    A face's ``label`` is :func:`stream.labels.face_label`'s: ``uncertain`` when its
+    top probability is below ``uncertain_below``; its ``probs`` are always all there.
+    """
     faces = []
     for face in result.faces:
-        top = int(np.argmax(face.probs))
         faces.append({
             "id": face.id,
             "box_xyxy": [round(float(v), 1) for v in face.box_xyxy],
             "score": round(face.score, 4),
-            "label": labels[top],
+            "label": face_label(face.probs, labels, uncertain_below),
             "probs": {label: round(float(p), 4) for label, p in zip(labels, face.probs, strict=True)},
         })
     return {
