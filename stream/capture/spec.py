@@ -110,8 +110,11 @@ def load_sources(path: Path) -> list[SourceSpec]:
 
 def _item(item: Any, i: int, path: Path) -> SourceSpec:
     where = f"sources file '{path}': source {i}"
+    base = Path(path).resolve().parent
     if isinstance(item, (str, int)) and not isinstance(item, bool):
-        return SourceSpec(str(item))
+        spec = str(item)
+        local = not spec.isdigit() and not is_stream_url(spec) and not Path(spec).is_absolute()
+        return SourceSpec(str(base / spec) if local else spec)
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: expected a path, URL or mapping, got {type(item).__name__}")
     unknown = sorted(set(item) - _KEYS)
@@ -123,7 +126,6 @@ def _item(item: Any, i: int, path: Path) -> SourceSpec:
     max_frames = item.get("max_frames")
     if max_frames is not None and (not isinstance(max_frames, int) or isinstance(max_frames, bool) or max_frames <= 0):
         raise ConfigError(f"{where}: max_frames must be a positive integer, got {max_frames!r}")
-    base = Path(path).resolve().parent
     files = {k: base / item[k] if not Path(item[k]).is_absolute() else Path(item[k])
              for k in ("output", "events") if item.get(k)}
     spec = str(item[given[0]])
