@@ -204,10 +204,10 @@ class _Builder:
             raise self._bad(number, f"'t' must be a number, got {t!r}")
         if not isinstance(faces, list):
             raise self._bad(number, f"'faces' must be a list, got {faces!r}")
-        latency = record.get("latency_ms", math.nan)
-        gap = record.get("gap_s", 0.0)
-        if not _is_number(latency) or not _is_number(gap):
-            raise self._bad(number, "'latency_ms' and 'gap_s' must be numbers")
+        latency, gap = record.get("latency_ms"), record.get("gap_s", 0.0)
+        if (latency is not None and not _is_number(latency)) or not _is_number(gap):
+            raise self._bad(number, f"'latency_ms' and 'gap_s' must be numbers, got {latency!r} and {gap!r}")
+        latency = math.nan if latency is None else latency
         self.add_frame(str(record.get("source", "")), frame, t, latency, gap)
         for face in faces:
             if not isinstance(face, dict):
@@ -260,7 +260,7 @@ class _Builder:
             face_track_id=meta[:, 4].astype(np.int64),
             face_score=meta[:, 5].astype(np.float32),
             face_box_xyxy=np.array(self.boxes, np.float32).reshape(-1, 4),
-            face_probs=np.array(self.probs, np.float32).reshape(-1, k),
+            face_probs=np.array(self.probs, np.float32).reshape(len(self.probs), k),
         )
 
 
@@ -320,7 +320,7 @@ class Episode:
 
 
 def label_runs(t_s: np.ndarray, probs: np.ndarray, config: EpisodesConfig, frame_interval_s: float
-               ) -> list[tuple[int, int, int]]:
+               ) -> list[tuple[int, int, int, float]]:
     """Split one track's frames into runs of one label, after the three rules.
 
     Args:
@@ -330,7 +330,8 @@ def label_runs(t_s: np.ndarray, probs: np.ndarray, config: EpisodesConfig, frame
         frame_interval_s: Typical time between frames (an episode's last frame lasts this long).
 
     Returns:
-        ``(first, stop, label)`` per run: rows ``first:stop`` of the inputs, the label's column.
+        ``(first, stop, label, end_s)`` per run: rows ``first:stop`` of the inputs, the label's column,
+        and when the run ends (the next run's start, or one frame interval after its last frame).
     """
     t_s = np.asarray(t_s, np.float64)
     probs = np.asarray(probs, np.float64)
@@ -339,14 +340,14 @@ def label_runs(t_s: np.ndarray, probs: np.ndarray, config: EpisodesConfig, frame
     # 1. Segments: a gap longer than max_gap_s ends everything that is open.
     cuts = np.flatnonzero(np.diff(t_s) > config.max_gap_s) + 1
     bounds = np.concatenate([[0], cuts, [t_s.size]])
-    runs: list[tuple[int, int, int]] = []
+    runs: list[tuple[int, int, int, float]] = []
     for first, stop in itertools.pairwise(bounds.tolist()):
         runs.extend(_segment_runs(t_s[first:stop], probs[first:stop], config, frame_interval_s, int(first)))
     return runs
 
 
 def _segment_runs(t_s: np.ndarray, probs: np.ndarray, config: EpisodesConfig, frame_interval_s: float,
-                  offset: int) -> list[tuple[int, int, int]]:
+                  offset: int) -> list[tuple[int, int, int, float]]:
     # 2. Hysteresis: the top label takes over only with a margin. Sequential by nature; plain lists are fast.
     rows = probs.tolist()
     top = np.argmax(probs, axis=1).tolist()
@@ -362,13 +363,12 @@ def _segment_runs(t_s: np.ndarray, probs: np.ndarray, config: EpisodesConfig, fr
     labels = [int(state[s]) for s in starts]
     end_t = float(t_s[-1]) + frame_interval_s
 
-    def duration(j: int) -> float:
-        last = float(t_s[stops[j]]) if stops[j] < len(rows) else end_t
-        return last - float(t_s[starts[j]])
+    def ends(j: int) -> float:
+        return float(t_s[stops[j]]) if stops[j] < len(rows) else end_t
 
     # 3. Minimum duration: merge the shortest short run into a neighbour until none is left.
     while True:
-        durations = np.array([duration(j) for j in range(len(starts))])
+        durations = np.array([ends(j) - float(t_s[starts[j]]) for j in range(len(starts))])
         j = int(np.argmin(durations))
         if durations[j] >= config.min_duration_s:
             break
@@ -388,7 +388,8 @@ def _segment_runs(t_s: np.ndarray, probs: np.ndarray, config: EpisodesConfig, fr
                 del starts[merged + 1], stops[merged + 1], labels[merged + 1]
             else:
                 merged += 1
-    return [(s + offset, e + offset, lab) for s, e, lab in zip(starts, stops, labels, strict=True)]
+    return [(s + offset, e + offset, lab, ends(j))
+            for j, (s, e, lab) in enumerate(zip(starts, stops, labels, strict=True))]
 
 
 def derive_episodes(table: EventTable, config: EpisodesConfig) -> list[Episode]:
@@ -407,12 +408,9 @@ def derive_episodes(table: EventTable, config: EpisodesConfig) -> list[Episode]:
         rows = rows[np.argsort(table.face_t_s[rows], kind="stable")]
         t_s, frames, probs = table.face_t_s[rows], table.face_frame[rows], table.face_probs[rows]
         interval = table.frame_interval_s(source)
-        runs = label_runs(t_s, probs, config, interval)
-        for k, (first, stop, label) in enumerate(runs):
+        for first, stop, label, end_s in label_runs(t_s, probs, config, interval):
             conf = probs[first:stop, label].astype(np.float64)
             peak = int(np.argmax(conf))
-            follows = k + 1 < len(runs) and runs[k + 1][0] == stop
-            end_s = float(t_s[stop]) if follows else float(t_s[stop - 1]) + interval
             episodes.append(Episode(
                 source=table.sources[source], track_id=track_id, label=table.labels[label],
                 start_frame=int(frames[first]), end_frame=int(frames[stop - 1]),
