@@ -15,17 +15,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from stream.capture.spec import SourceSpec, load_sources
-from stream.config import REPO_ROOT, Config, load_config
+from stream.config import MAX_BATCH_SIZE, REPO_ROOT, Config, load_config
+from stream.contract import printable
 from stream.errors import ConfigError, StreamError
 
 __all__ = ["SAMPLE_CLIP", "build_parser", "main", "positive_float", "positive_int"]
@@ -44,13 +47,14 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
 
 
-def _positive(convert: type[int] | type[float], what: str) -> Callable[[str], Any]:
+def _positive(convert: type[int] | type[float], what: str, most: int | None = None) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
             value = convert(text)
         except ValueError:
             value = 0
-        if value <= 0:
+        # nan compares false with everything and inf never ends: both are refused.
+        if not math.isfinite(value) or value <= 0 or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
 
@@ -60,6 +64,7 @@ def _positive(convert: type[int] | type[float], what: str) -> Callable[[str], An
 #: argparse ``type=`` for flags that take a count or a duration.
 positive_int = _positive(int, "a positive integer")
 positive_float = _positive(float, "a positive number")
+_batch_size = _positive(int, f"an integer from 1 to {MAX_BATCH_SIZE}", MAX_BATCH_SIZE)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show a live window (default: for live sources when a display exists)")
     run.add_argument("--max-frames", type=positive_int, help="stop after N frames")
     run.add_argument("--max-seconds", type=positive_float, help="stop after S seconds (exit 0)")
-    run.add_argument("--batch-size", type=positive_int, help="frames per inference batch (runtime.batch_size)")
+    run.add_argument("--batch-size", type=_batch_size,
+                     help=f"frames per inference batch, 1 to {MAX_BATCH_SIZE} (runtime.batch_size)")
     run.add_argument("--providers", help="comma-separated: tensorrt,cuda,cpu (runtime.providers)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--report", action="store_true",
@@ -114,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from stream.pipeline import Pipeline, RunOptions, run
+    from stream.pipeline import Pipeline, RunOptions
 
     config = load_config(args.config)
     providers = None
@@ -136,10 +142,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          max_seconds=args.max_seconds, interrupt=_INTERRUPT)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    # One source: its failure is the run's error (raised). Several: each ends alone, named below.
-    summaries = [run(specs[0].spec, config, options)] if len(specs) == 1 else Pipeline(specs, config, options).run()
+    summaries = Pipeline(specs, config, options).run()
+    if len(summaries) == 1 and summaries[0].error is not None:
+        raise summaries[0].error  # one source: its failure is the run's error. Several: named below.
     for summary in summaries:
         for line in summary.lines():
+            line = printable(line)
             print(line if len(summaries) == 1 else f"[{summary.source_id}] {line}", file=sys.stderr)
         _episodes_and_report(summary.outputs, summary.lines(), config, args.report)
     failed = [s for s in summaries if s.error is not None]
@@ -160,9 +168,11 @@ def _source_specs(args: argparse.Namespace) -> list[SourceSpec]:
         if not SAMPLE_CLIP.is_file():
             raise ConfigError(f"the bundled sample '{SAMPLE_CLIP}' is missing: reinstall emostream or give a SOURCE")
         specs = [SourceSpec(str(SAMPLE_CLIP))]
-    if len(specs) > 1 and (args.output is not None or args.events is not None):
-        raise ConfigError("--output and --events name one file: with several sources use --out-dir, or set "
-                          "output/events per source in a --sources file")
+    if args.output is not None or args.events is not None:
+        if len(specs) > 1:
+            raise ConfigError("--output and --events name one file: with several sources use --out-dir, or set "
+                              "output/events per source in a --sources file")
+        specs = [replace(specs[0], output=args.output or specs[0].output, events=args.events or specs[0].events)]
     return specs
 
 
@@ -226,6 +236,16 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emostream`` script and ``python -m stream``."""
+    # First thing: a SIGTERM during start-up (imports take ~1 s) ends like Ctrl-C, exit 130.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
@@ -244,15 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return int(args.func(args))
     except StreamError as err:
-        print(f"emostream: error: {err}", file=sys.stderr)
+        # printable: a path or label may hold terminal escape codes; one line, whatever it holds.
+        print(f"emostream: error: {printable(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
 from stream.infer.session import BatchBuckets, resolve_providers
 from stream.records import EndOfStream, FrameResult, StageError
 from stream.render import EventLog, ImageWriter, VideoRecorder, Window, display_available, mosaic
+from stream.render.outputs import check_output_paths
 from stream.render.sinks import SourceSinks
 from stream.summary import RunSummary
 from stream.track import IouTracker
@@ -160,7 +161,7 @@ class Pipeline:
         summaries: list[RunSummary] = []
         try:
             for spec in self.specs:
-                sources.append(open_source(spec.spec, config.capture))
+                sources.append(open_source(spec.spec, config.capture, paced=spec.paced))
             for i, (spec, source) in enumerate(zip(self.specs, sources, strict=True)):
                 summary = RunSummary(source=source.name, source_id=i)
                 summaries.append(summary)
@@ -212,6 +213,7 @@ def _open_outputs(spec: SourceSpec, source: FrameSource, config: Config
     default_video, default_events = default_outputs(spec.spec, image_mode, config, spec.name or None)
     video_path = spec.output or default_video
     events_path = spec.events or default_events
+    check_output_paths(getattr(source, "path", None), video_path, events_path, image_mode=image_mode)
     writer: VideoRecorder | ImageWriter | None = None
     if video_path is not None:
         writer = ImageWriter(video_path) if image_mode else VideoRecorder(
@@ -220,7 +222,7 @@ def _open_outputs(spec: SourceSpec, source: FrameSource, config: Config
         events = EventLog(events_path) if events_path is not None else None
     except BaseException:
         if writer is not None:
-            writer.close()
+            writer.abort()  # an earlier file with that name stays as it was
         raise
     return writer, events
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from stream.capture.live import LiveSource, is_stream_url
+from stream.capture.paced import PacedFileSource
 from stream.capture.sources import FileSource, FrameSource, ImageSource, is_image_file
 from stream.config import CaptureConfig
 
 __all__ = ["open_source"]
 
 
-def open_source(spec: str, config: CaptureConfig) -> FrameSource:
+def open_source(spec: str, config: CaptureConfig, *, paced: bool = False) -> FrameSource:
     """Make and open the source that ``spec`` names.
 
     Digits are a webcam index, ``scheme://...`` a network stream (both :class:`LiveSource`);
@@ -20,6 +21,7 @@ def open_source(spec: str, config: CaptureConfig) -> FrameSource:
     Args:
         spec: A video or image path, a webcam index (``"0"``) or a stream URL.
         config: Capture settings (timeouts, reconnection, transport).
+        paced: A video file plays as a live camera at its frame rate, looped (:class:`PacedFileSource`).
 
     Raises:
         SourceError: The source cannot be opened (the message hides any password).
@@ -31,6 +33,9 @@ def open_source(spec: str, config: CaptureConfig) -> FrameSource:
         source = LiveSource(spec, config)
     else:
         path = Path(spec)
-        source = ImageSource(path) if is_image_file(path) else FileSource(path)
+        limit = config.max_image_pixels
+        source = ImageSource(path, limit) if is_image_file(path) else FileSource(path, limit)
+        if paced and isinstance(source, FileSource):
+            source = PacedFileSource(source)
     source.open()
     return source

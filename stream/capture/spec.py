@@ -9,6 +9,8 @@ path/URL/webcam index, or a mapping::
         source: rtsp://192.168.1.21/live          # also spelled path: or url:
         max_frames: 900
         events: logs/door.jsonl                   # default <output.dir>/door.events.jsonl
+      - path: recordings/hall.mp4
+        paced: true                               # played as a live camera (real time, looped)
       - recordings/monday.mp4
 """
 
@@ -39,6 +41,7 @@ class SourceSpec:
         output: Annotated video/image path (default: ``<output.dir>/<name>.annotated.*``).
         events: Event log path (default: ``<output.dir>/<name>.events.jsonl``).
         max_frames: Stop this source after this many frames.
+        paced: A video file plays as a live camera: at its frame rate, looped, newest frames kept.
     """
 
     spec: str
@@ -46,6 +49,7 @@ class SourceSpec:
     output: Path | None = None
     events: Path | None = None
     max_frames: int | None = None
+    paced: bool = False
 
 
 def source_name(spec: str) -> str:
@@ -86,7 +90,7 @@ def unique_names(specs: Sequence[SourceSpec]) -> list[SourceSpec]:
     return out
 
 
-_KEYS = {"name", "source", "path", "url", "output", "events", "max_frames"}
+_KEYS = {"name", "source", "path", "url", "output", "events", "max_frames", "paced"}
 
 
 def load_sources(path: Path) -> list[SourceSpec]:
@@ -131,5 +135,8 @@ def _item(item: Any, i: int, path: Path) -> SourceSpec:
     spec = str(item[given[0]])
     if given[0] == "path" and not Path(spec).is_absolute():
         spec = str(base / spec)
+    paced = item.get("paced", False)
+    if not isinstance(paced, bool):
+        raise ConfigError(f"{where}: paced must be true or false, got {paced!r}")
     return SourceSpec(spec, name=str(item.get("name") or ""), output=files.get("output"),
-                      events=files.get("events"), max_frames=max_frames)
+                      events=files.get("events"), max_frames=max_frames, paced=paced)
