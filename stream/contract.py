@@ -16,6 +16,8 @@ JSON layout (version 1)::
       "normalize": {"scale": 0.00784, "offset": -1.0},  # x = uint8 * scale + offset
       "crop_margin": 0.15,                   # square face crop grown by this share of
                                              # its side on every edge
+      "crop_offset_y": 0.0,                  # optional: crop centre moved down by this
+                                             # many box sides (negative: up)
       "output": "probabilities",             # or "logits" (softmax applied by the reader)
       "temperature": 1.0                     # optional: calibrated probabilities are
                                              # softmax(logits / T), for a probability
@@ -90,6 +92,9 @@ class ModelContract:
         normalize_scale: Input value is ``uint8 * scale + offset``.
         normalize_offset: See ``normalize_scale``.
         crop_margin: The square face crop grows by this share of its side on each edge.
+        crop_offset_y: The crop's centre sits this many face-box sides (``max(w, h)``, before
+            the margin) below the box centre; negative moves it up. BlazeFace boxes sit
+            lower on the face than FER2013's framing (``benchmarks/crop_framing.py``).
         output: ``probabilities`` (softmax inside the model) or ``logits``.
         temperature: Calibration temperature T > 0 (``emostream calibrate`` fits it):
             the reported probabilities are ``softmax(logits / T)``; 1.0 leaves the
@@ -103,6 +108,7 @@ class ModelContract:
     normalize_scale: float = 1.0 / 255.0
     normalize_offset: float = 0.0
     crop_margin: float = 0.0
+    crop_offset_y: float = 0.0
     output: OutputKind = "probabilities"
     temperature: float = 1.0
     version: int = field(default=1)
@@ -157,6 +163,7 @@ class ModelContract:
                 normalize_scale=float(norm.get("scale", 1.0 / 255.0)),
                 normalize_offset=float(norm.get("offset", 0.0)),
                 crop_margin=float(data.get("crop_margin", 0.0)),
+                crop_offset_y=float(data.get("crop_offset_y", 0.0)),
                 output=data.get("output", "probabilities"),
                 temperature=float(data.get("temperature", 1.0)),
             )
@@ -184,6 +191,8 @@ class ModelContract:
             problems.append(f"output must be probabilities or logits, got {self.output!r}")
         if not 0.0 <= self.crop_margin <= 1.0:
             problems.append(f"crop_margin must be in [0, 1], got {self.crop_margin}")
+        if not -0.5 <= self.crop_offset_y <= 0.5:
+            problems.append(f"crop_offset_y must be in [-0.5, 0.5], got {self.crop_offset_y}")
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature > 0):
             problems.append(f"temperature must be a finite number > 0, got {self.temperature!r}")

@@ -158,6 +158,9 @@ def _contract_flags(p: argparse.ArgumentParser, *, for_export: bool) -> None:
     p.add_argument("--color", choices=("gray", "rgb", "bgr"), help=f"input colour{what}")
     if for_export:
         p.add_argument("--crop-margin", type=float, metavar="SHARE", help="face crop margin for the stream")
+        p.add_argument("--crop-offset-y", type=float, metavar="SIDES",
+                       help="move the stream's face crop down by this many box sides (negative: up); "
+                            "benchmarks/crop_framing.py measures it")
         p.add_argument("--output-kind", choices=("probabilities", "logits"),
                        help="what the model outputs (default: from its last activation)")
 
@@ -439,6 +442,9 @@ def _keras_with_contract(args: argparse.Namespace, cfg: TrainingConfig) -> tuple
         crop_margin=cfg.crop_margin if crop_margin is None else crop_margin,
         output=getattr(args, "output_kind", None), origin=f"model '{args.model}'",
     )
+    if getattr(args, "crop_offset_y", None) is not None:
+        contract = _override_contract(contract, argparse.Namespace(
+            labels=None, normalize=None, color=None, crop_offset_y=args.crop_offset_y))
     return model, contract
 
 
@@ -455,6 +461,8 @@ def _override_contract(contract: ModelContract, args: argparse.Namespace) -> Mod
         changes["color"] = args.color
     if getattr(args, "crop_margin", None) is not None:
         changes["crop_margin"] = args.crop_margin
+    if getattr(args, "crop_offset_y", None) is not None:
+        changes["crop_offset_y"] = args.crop_offset_y
     if getattr(args, "output_kind", None) is not None:
         changes["output"] = args.output_kind
     if not changes:

@@ -24,11 +24,14 @@ class CropSpec:
     input_size_wh: tuple[int, int]
     color: Color = "gray"
     crop_margin: float = 0.0
+    crop_offset_y: float = 0.0
 
 
 def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract: ModelContract | CropSpec
                ) -> list[np.ndarray]:
     """Cut each face as the model expects: a square around the box grown by the margin.
+
+    The square's centre is the box centre moved down by ``crop_offset_y`` box sides.
 
     One affine warp per face does the crop and the resize together; pixels beyond the
     frame edge repeat the edge, so a face cut by the border still fills the crop.
@@ -40,8 +43,9 @@ def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract
     crops = []
     for box in boxes_xyxy:
         x1, y1, x2, y2 = (float(v) for v in box)
-        cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-        side = max(x2 - x1, y2 - y1, 1.0) * (1.0 + 2.0 * contract.crop_margin)
+        box_side = max(x2 - x1, y2 - y1, 1.0)
+        cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0 + contract.crop_offset_y * box_side
+        side = box_side * (1.0 + 2.0 * contract.crop_margin)
         s = out_w / side  # same scale on both axes: a non-square input gets a taller/wider crop
         left, top = cx - side / 2.0, cy - side * out_h / out_w / 2.0
         # Pixel centres map as in cv2.resize of the crop: dst + 0.5 = (src + 0.5 - left) * s.
@@ -93,12 +97,13 @@ class EmotionClassifier:
                 f"{len(self.labels)} labels"
             )
         self.input_name = inputs[0].name
+        self.uint8_input = inputs[0].type == "tensor(uint8)"
         self.output_name = outputs[0].name
 
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0, *,
-                  cuda_options: dict[str, str] | None = None, buckets: BatchBuckets | None = None
-                  ) -> EmotionClassifier:
+                  cuda_options: dict[str, str] | None = None, buckets: BatchBuckets | None = None,
+                  uint8_input: bool = False) -> EmotionClassifier:
         """Load a classifier and its contract.
 
         Raises:
@@ -112,6 +117,9 @@ class EmotionClassifier:
                 "'emostream export' so the stream knows its labels and input"
             )
         contract = ModelContract.from_json(meta[CONTRACT_KEY], origin=f"classifier model '{path}'")
+        if uint8_input:  # now that the contract says how to normalise: into the graph
+            session = create_session(path, providers, threads, what="classifier", cuda_options=cuda_options,
+                                     uint8_normalize=(contract.normalize_scale, contract.normalize_offset))
         return cls(session, contract, name=str(path), buckets=buckets)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
@@ -125,9 +133,12 @@ class EmotionClassifier:
         """Probabilities (N, labels) for uint8 crops (N, H, W) or (N, H, W, 3), one model call."""
         if crops.shape[0] == 0:
             return np.zeros((0, len(self.labels)), np.float32)
-        x = crops.astype(np.float32)
-        x *= self.contract.normalize_scale
-        x += self.contract.normalize_offset
+        if self.uint8_input:
+            x = crops
+        else:
+            x = crops.astype(np.float32)
+            x *= self.contract.normalize_scale
+            x += self.contract.normalize_offset
         if x.ndim == 3:
             x = x[..., None]
         if self.contract.layout == "NCHW":
