@@ -293,6 +293,9 @@ def _track_series(table: EventTable, key: tuple[int, int]) -> tuple[np.ndarray, 
         breaks = np.flatnonzero(np.diff(t_s) > 1.5 * interval) + 1
         t_s = np.insert(t_s, breaks, t_s[breaks - 1] + interval / 2)
         probs = np.insert(probs, breaks, np.nan, axis=0)
+    if t_s.size == 1:  # one frame (an image): show it as a frame-long strip rather than nothing
+        t_s = np.array([t_s[0], t_s[0] + (interval or 1e-3)])
+        probs = np.repeat(probs, 2, axis=0)
     return t_s, probs
 
 
