@@ -39,7 +39,7 @@ import numpy as np
 
 from stream.errors import ModelError
 
-__all__ = ["CONTRACT_KEY", "FER2013_LABELS", "ModelContract", "calibrated"]
+__all__ = ["CONTRACT_KEY", "FER2013_LABELS", "ModelContract", "calibrated", "printable"]
 
 CONTRACT_KEY = "emostream.contract"
 
@@ -49,6 +49,21 @@ FER2013_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "
 Color = Literal["gray", "rgb", "bgr"]
 Layout = Literal["NHWC", "NCHW"]
 OutputKind = Literal["probabilities", "logits"]
+
+#: Bounds of a contract's labels: they are drawn on frames and printed in summaries.
+MAX_LABELS = 1000
+MAX_LABEL_CHARS = 64
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (terminal escape codes, newlines) shown as ``\\x1b``-style escapes.
+
+    A model's labels reach the terminal, the event log and the video: a label holding
+    ``ESC [ 2 J`` must not clear the user's screen.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def calibrated(raw: np.ndarray, *, output: OutputKind = "probabilities", temperature: float = 1.0) -> np.ndarray:
@@ -144,7 +159,7 @@ class ModelContract:
         """
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise ModelError(f"{origin}: contract metadata is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ModelError(f"{origin}: contract metadata must be a JSON object")
@@ -152,9 +167,13 @@ class ModelContract:
             version = int(data.get("version", 1))
             if version != 1:
                 raise ValueError(f"unsupported contract version {version}")
-            labels = tuple(str(x) for x in data["labels"])
+            if not isinstance(data["labels"], list):
+                raise ValueError(f"'labels' must be a list of names, got {data['labels']!r:.60}")
+            labels = tuple(printable(str(x)) for x in data["labels"])
             size = tuple(int(x) for x in data["input_size_wh"])
             norm = data.get("normalize", {})
+            if not isinstance(norm, dict):
+                raise ValueError(f"'normalize' must be an object with scale and offset, got {norm!r:.60}")
             contract = cls(
                 labels=labels,
                 input_size_wh=(size[0], size[1]) if len(size) == 2 else (0, 0),
@@ -167,8 +186,10 @@ class ModelContract:
                 output=data.get("output", "probabilities"),
                 temperature=float(data.get("temperature", 1.0)),
             )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ModelError(f"{origin}: contract metadata is invalid: {err!r}") from err
+        except KeyError as err:
+            raise ModelError(f"{origin}: contract metadata is invalid: {err} is missing") from err
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ModelError(f"{origin}: contract metadata is invalid: {printable(str(err))}") from err
         contract.validate(origin)
         return contract
 
@@ -180,9 +201,14 @@ class ModelContract:
         """
         problems = []
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            problems.append(f"labels must be 2+ distinct names, got {list(self.labels)}")
-        if len(self.input_size_wh) != 2 or min(self.input_size_wh) < 8:
-            problems.append(f"input_size_wh must be two sizes >= 8, got {list(self.input_size_wh)}")
+            problems.append(f"labels must be 2+ distinct names, got {list(self.labels)!r:.200}")
+        elif len(self.labels) > MAX_LABELS or max(map(len, self.labels)) > MAX_LABEL_CHARS:
+            problems.append(f"labels must be at most {MAX_LABELS} names of at most {MAX_LABEL_CHARS} characters")
+        if len(self.input_size_wh) != 2 or not 8 <= min(self.input_size_wh) <= max(self.input_size_wh) <= 1024:
+            problems.append(f"input_size_wh must be two sizes from 8 to 1024, got {list(self.input_size_wh)}")
+        if not (math.isfinite(self.normalize_scale) and math.isfinite(self.normalize_offset)):
+            problems.append(f"normalize scale and offset must be finite numbers, got "
+                            f"{self.normalize_scale}, {self.normalize_offset}")
         if self.color not in ("gray", "rgb", "bgr"):
             problems.append(f"color must be gray, rgb or bgr, got {self.color!r}")
         if self.layout not in ("NHWC", "NCHW"):

@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -73,7 +74,13 @@ def face_image(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
     return frame
 
 
+#: Working folder of every CLI subprocess: never the repository, whose out/ holds the demo's outputs
+#: (a test without --output would overwrite them).
+CLI_CWD = Path(tempfile.mkdtemp(prefix="emostream-tests-"))
+
+
 def run_cli(*args: str, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess:
-    """``python -m stream ARGS`` in a subprocess, text output captured."""
+    """``python -m stream ARGS`` in a subprocess, text output captured, run in :data:`CLI_CWD`."""
+    kwargs.setdefault("cwd", CLI_CWD)
     return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, **kwargs)  # type: ignore[call-overload]
+                          timeout=timeout, **kwargs)  # type: ignore[call-overload]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from stream.render.outputs import partial_path
 from tests import rtsp_fixtures
-from tests.conftest import REPO, run_cli
+from tests.conftest import CLI_CWD, run_cli
 from tests.rtsp_fixtures import RtspServer
 from tests.test_live_sources import closed_port
 from tests.test_pipeline_cli import assert_one_error_line, count_frames
@@ -49,7 +50,7 @@ def read_events(path: Path) -> list[dict]:
 def start_cli(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "stream", *args],
-        cwd=REPO,
+        cwd=CLI_CWD,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -57,11 +58,15 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
 
 
 def wait_for_events(path: Path, count: int, proc: subprocess.Popen[str], timeout_s: float = 30.0) -> None:
-    """Until the event log holds ``count`` lines (the run is live and processing)."""
+    """Until the event log holds ``count`` lines (the run is live and processing).
+
+    While the run writes, the log is under its partial name (``ev.partial.jsonl``).
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= count:
-            return
+        for candidate in (path, partial_path(path)):
+            if candidate.exists() and candidate.read_text().count("\n") >= count:
+                return
         if proc.poll() is not None:
             pytest.fail(f"the run ended early: {proc.communicate()[1]}")
         time.sleep(0.05)  # polling a file another process writes

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from stream.render.outputs import partial_path
 from tests.conftest import REPO, run_cli
 
 
@@ -200,9 +201,10 @@ def test_interrupt_finalises_outputs(sig: signal.Signals, clips: dict[str, Path]
     out, ev = tmp_path / "out.mp4", tmp_path / "ev.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "stream", "run", str(clips["vga601"]), "--output", str(out),
                              "--events", str(ev), "--no-display", "--batch-size", "1"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not ev.exists() or ev.stat().st_size < 2000):
+    partial = partial_path(ev)  # where the log is while the run writes it
+    while time.monotonic() < deadline and (not partial.exists() or partial.stat().st_size < 2000):
         time.sleep(0.05)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)

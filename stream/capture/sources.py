@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
 
+from stream.capture.imagesize import image_size_wh
+from stream.config import DEFAULT_MAX_IMAGE_PIXELS, file_kind
 from stream.errors import SourceError
 
 __all__ = ["FileSource", "FrameSource", "ImageSource", "is_image_file", "to_bgr"]
@@ -68,7 +71,17 @@ def to_bgr(image: np.ndarray) -> np.ndarray:
 
 def is_image_file(path: Path) -> bool:
     """True when ``path`` is a still image OpenCV can read (checked by content, not name)."""
-    return path.is_file() and bool(cv2.haveImageReader(str(path))) and not _looks_like_video(path)
+    # OpenCV crashes (SIGSEGV) on a name that is not valid UTF-8: such a name is refused by open().
+    return (_is_text(path) and path.is_file() and bool(cv2.haveImageReader(str(path)))
+            and not _looks_like_video(path))
+
+
+def _is_text(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _looks_like_video(path: Path) -> bool:
@@ -78,14 +91,29 @@ def _looks_like_video(path: Path) -> bool:
 
 
 def _check_readable(path: Path, what: str) -> None:
-    if not path.exists():
-        raise SourceError(f"{what} '{path}' could not be opened: no such file")
-    if path.is_dir():
-        raise SourceError(f"{what} '{path}' could not be opened: it is a directory")
+    if not _is_text(path):
+        # OpenCV takes UTF-8 text and crashes on anything else; ascii() keeps the message printable.
+        raise SourceError(f"{what} {str(path)!a} could not be opened: the name is not valid UTF-8 "
+                          f"(OpenCV cannot open it; rename the file)")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SourceError(f"{what} '{path}' could not be opened: no such file") from None
+    except OSError as err:
+        raise SourceError(f"{what} '{path}' could not be opened: {err.strerror or err}") from err
+    if not stat.S_ISREG(mode):
+        hint = " (for a webcam give its index, e.g. 0)" if stat.S_ISCHR(mode) else ""
+        raise SourceError(f"{what} '{path}' could not be opened: it is {file_kind(mode)}, not a file{hint}")
     if not os.access(path, os.R_OK):
         raise SourceError(f"{what} '{path}' could not be opened: permission denied")
     if path.stat().st_size == 0:
         raise SourceError(f"{what} '{path}' could not be opened: the file is empty")
+
+
+def _check_pixels(what: str, path: Path, size_wh: tuple[int, int], max_pixels: int) -> None:
+    if size_wh[0] * size_wh[1] > max_pixels:
+        raise SourceError(f"{what} '{path}' is {size_wh[0]}x{size_wh[1]} = {size_wh[0] * size_wh[1]:,} pixels, "
+                          f"more than capture.max_image_pixels ({max_pixels:,})")
 
 
 class FileSource:
@@ -93,9 +121,10 @@ class FileSource:
 
     live = False
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.path = Path(path)
         self.name = str(path)
+        self.max_pixels = max_pixels
         self.fps = 30.0
         self.size_wh = (0, 0)
         self.frame_count: int | None = None
@@ -114,6 +143,11 @@ class FileSource:
         if width <= 0 or height <= 0:
             cap.release()
             raise SourceError(f"source '{self.path}' could not be opened: no video stream in it")
+        try:
+            _check_pixels("source", self.path, (width, height), self.max_pixels)
+        except SourceError:
+            cap.release()
+            raise
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else 30.0
         count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -153,15 +187,27 @@ class ImageSource:
     fps = 1.0
     frame_count: int | None = 1
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.path = Path(path)
         self.name = str(path)
+        self.max_pixels = max_pixels
         self.size_wh = (0, 0)
         self.warning = ""
         self._image: np.ndarray | None = None
 
     def open(self) -> None:
+        """Read the size from the header, refuse it above ``max_pixels``, then decode.
+
+        Raises:
+            SourceError: The file is missing, unreadable, too large or not decodable.
+        """
         _check_readable(self.path, "image")
+        try:
+            declared = image_size_wh(self.path)
+        except OSError as err:
+            raise SourceError(f"image '{self.path}' could not be opened: {err.strerror or err}") from err
+        if declared is not None:
+            _check_pixels("image", self.path, declared, self.max_pixels)
         image = cv2.imread(str(self.path), cv2.IMREAD_UNCHANGED)
         if image is None or image.size == 0:
             raise SourceError(f"image '{self.path}' could not be decoded")
