@@ -119,6 +119,9 @@ class RuntimeConfig:
     batch_timeout_ms: float = 0.0
     batch_buckets: Literal["auto", "on", "off"] = "auto"
     cudnn_conv_algo_search: Literal["DEFAULT", "HEURISTIC", "EXHAUSTIVE"] = "DEFAULT"
+    uint8_input: Literal["auto", "on", "off"] = "auto"
+    tensorrt_fp16: bool = False
+    tensorrt_cache_dir: Path = Path("~/.cache/emostream/tensorrt")
     detect_every: int = 1
 
     def validate(self, key: str) -> None:

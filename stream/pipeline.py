@@ -80,18 +80,23 @@ def load_models(config: Config) -> Models:
     """Load and warm up the detector and the classifier (once per process).
 
     With batch buckets (``runtime.batch_buckets``; ``auto``: when a GPU provider is
-    used) every bucket is planned here, so no input shape is new mid-run.
+    used) every bucket is planned here, so no input shape is new mid-run. With
+    ``runtime.uint8_input`` (``auto``: on a GPU) both models take uint8 and
+    normalise inside the graph.
     """
     rt = config.runtime
     gpu = resolve_providers(rt.providers)[0] != "CPUExecutionProvider"
     bucketed = rt.batch_buckets == "on" or (rt.batch_buckets == "auto" and gpu)
-    cuda = {"cudnn_conv_algo_search": rt.cudnn_conv_algo_search}
+    opts = {"cuda": {"cudnn_conv_algo_search": rt.cudnn_conv_algo_search},
+            "tensorrt": {"trt_fp16_enable": str(rt.tensorrt_fp16), "trt_engine_cache_enable": "True",
+                         "trt_engine_cache_path": str(rt.tensorrt_cache_dir.expanduser())}}
+    uint8 = rt.uint8_input == "on" or (rt.uint8_input == "auto" and gpu)
     detector = FaceDetector.from_path(config.detector.model, rt.providers, rt.intra_op_threads,
                                       config.detector.score_threshold, config.detector.nms_iou,
-                                      config.detector.min_face_px, cuda_options=cuda,
+                                      config.detector.min_face_px, provider_opts=opts, uint8_input=uint8,
                                       buckets=BatchBuckets.for_batch(rt.batch_size, bucketed))
     classifier = EmotionClassifier.from_path(config.classifier.model, rt.providers, rt.intra_op_threads,
-                                             cuda_options=cuda,
+                                             provider_opts=opts, uint8_input=uint8,
                                              buckets=BatchBuckets.for_batch(4 * rt.batch_size, bucketed))
     detector.warm_up((1, rt.batch_size))
     classifier.warm_up((1, 4))

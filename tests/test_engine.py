@@ -174,3 +174,23 @@ def test_a_bad_source_among_several_stops_before_any_work(clips: dict[str, Path]
         Pipeline([SourceSpec(str(clips["vga"])), SourceSpec(str(tmp_path / "missing.mp4"))], config,
                  RunOptions()).run()
     assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_uint8_input_in_the_graph_matches_the_numpy_path(clips: dict[str, Path]) -> None:
+    import cv2
+
+    config = Config()
+    plain = load_models(config)
+    uint8 = load_models(config.with_overrides({"runtime.uint8_input": "on"}))
+    assert uint8.detector.uint8_input and uint8.classifier.uint8_input and not plain.detector.uint8_input
+    cap = cv2.VideoCapture(str(clips["quad"]))
+    images = [cap.read()[1] for _ in range(5)]
+    cap.release()
+    want, got = plain.detector.detect(images), uint8.detector.detect(images)
+    assert [len(d) for d in got] == [len(d) for d in want] == [4] * 5
+    for a, b in zip(want, got, strict=True):
+        for da, db in zip(a, b, strict=True):
+            np.testing.assert_allclose(da.box_xyxy, db.box_xyxy, atol=1e-2)
+            assert abs(da.score - db.score) < 1e-4
+    crops = np.random.default_rng(2).integers(0, 255, (9, 64, 64), dtype=np.uint8)
+    np.testing.assert_allclose(plain.classifier.classify(crops), uint8.classifier.classify(crops), atol=1e-5)

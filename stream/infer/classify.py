@@ -102,14 +102,14 @@ class EmotionClassifier:
 
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0, *,
-                  cuda_options: dict[str, str] | None = None, buckets: BatchBuckets | None = None,
+                  provider_opts: dict[str, dict[str, str]] | None = None, buckets: BatchBuckets | None = None,
                   uint8_input: bool = False) -> EmotionClassifier:
         """Load a classifier and its contract.
 
         Raises:
             ModelError: Missing or corrupt file, no contract, or a contract that does not fit.
         """
-        session = create_session(path, providers, threads, what="classifier", cuda_options=cuda_options)
+        session = create_session(path, providers, threads, what="classifier", provider_opts=provider_opts)
         meta = session.get_modelmeta().custom_metadata_map
         if CONTRACT_KEY not in meta:
             raise ModelError(
@@ -118,7 +118,7 @@ class EmotionClassifier:
             )
         contract = ModelContract.from_json(meta[CONTRACT_KEY], origin=f"classifier model '{path}'")
         if uint8_input:  # now that the contract says how to normalise: into the graph
-            session = create_session(path, providers, threads, what="classifier", cuda_options=cuda_options,
+            session = create_session(path, providers, threads, what="classifier", provider_opts=provider_opts,
                                      uint8_normalize=(contract.normalize_scale, contract.normalize_offset))
         return cls(session, contract, name=str(path), buckets=buckets)
 

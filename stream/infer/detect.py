@@ -94,6 +94,7 @@ class FaceDetector:
         self.input_size = int(shape[1])
         self.anchors = blazeface_anchors(self.input_size)
         self.input_name = inputs[0].name
+        self.uint8_input = inputs[0].type == "tensor(uint8)"
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
         self.min_face_px = min_face_px
@@ -102,9 +103,15 @@ class FaceDetector:
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0,
                   score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 0, *,
-                  cuda_options: dict[str, str] | None = None, buckets: BatchBuckets | None = None) -> FaceDetector:
-        """Load a BlazeFace ONNX file. Raises ModelError if it is missing or not BlazeFace."""
-        session = create_session(path, providers, threads, what="detector", cuda_options=cuda_options)
+                  provider_opts: dict[str, dict[str, str]] | None = None, buckets: BatchBuckets | None = None,
+                  uint8_input: bool = False) -> FaceDetector:
+        """Load a BlazeFace ONNX file. Raises ModelError if it is missing or not BlazeFace.
+
+        With ``uint8_input`` the model takes the letterboxed uint8 frames and normalises
+        them inside the graph (:func:`~stream.infer.session.uint8_input_graph`).
+        """
+        session = create_session(path, providers, threads, what="detector", provider_opts=provider_opts,
+                                 uint8_normalize=(1.0 / 127.5, -1.0) if uint8_input else None)
         return cls(session, score_threshold, nms_iou, min_face_px, name=str(path), buckets=buckets)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
@@ -128,9 +135,12 @@ class FaceDetector:
         return self._decode(raw_boxes, raw_scores, scale, pad, images_bgr)
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = batch.astype(np.float32)
-        x *= 1.0 / 127.5
-        x -= 1.0
+        if self.uint8_input:
+            x = batch
+        else:
+            x = batch.astype(np.float32)
+            x *= 1.0 / 127.5
+            x -= 1.0
         regressors, scores = self.buckets.run(lambda b: self.session.run(None, {self.input_name: b}), x)
         return regressors, scores
 

@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from stream.errors import ModelError
 
-__all__ = ["PROVIDER_NAMES", "BatchBuckets", "create_session", "resolve_providers"]
+__all__ = ["PROVIDER_NAMES", "BatchBuckets", "create_session", "resolve_providers", "uint8_input_graph"]
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +108,67 @@ class BatchBuckets:
         return [out[:n] for out in infer(x)]
 
 
-def provider_options(chosen: list[str], cuda: dict[str, str] | None = None) -> list[tuple[str, dict[str, str]]]:
-    """Providers with their options: the CUDA provider gets ``cuda`` (``runtime.cuda`` in the config)."""
-    return [(name, dict(cuda or {}) if name == "CUDAExecutionProvider" else {}) for name in chosen]
+def provider_options(chosen: list[str], options: dict[str, dict[str, str]] | None = None
+                     ) -> list[tuple[str, dict[str, str]]]:
+    """Providers with their options (``options``: config provider name -> ONNX Runtime options)."""
+    by_name = {PROVIDER_NAMES[k]: v for k, v in (options or {}).items()}
+    return [(name, dict(by_name.get(name) or {})) for name in chosen]
+
+
+_PRELOADED = False
+
+
+def _preload_gpu_libraries() -> None:
+    """``onnxruntime-gpu[cuda,cudnn]`` ships CUDA and cuDNN as pip packages; this makes them findable."""
+    global _PRELOADED
+    preload = getattr(ort, "preload_dlls", None)
+    if _PRELOADED or preload is None:
+        return
+    _PRELOADED = True
+    try:
+        preload()
+    except Exception as err:  # a machine with a system CUDA still works; say why if it does not
+        log.debug("onnxruntime.preload_dlls() failed: %s", err)
+
+
+def uint8_input_graph(path: Path, scale: float, offset: float) -> bytes:
+    """The model at ``path`` taking uint8 instead of float: ``Cast -> Mul(scale) -> Add(offset)`` in front.
+
+    The host then sends 4x fewer bytes (to a GPU) and skips its own float conversion;
+    ``x * scale + offset`` is what the NumPy path computes, so results agree to float rounding.
+    Needs the ``onnx`` package (the ``gpu`` extra brings it).
+    """
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError as err:
+        raise ModelError("runtime.uint8_input needs the 'onnx' package: pip install 'emostream[gpu]' or "
+                         "set runtime.uint8_input: off") from err
+    model = onnx.load(str(path))
+    graph = model.graph
+    initialized = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initialized]
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise ModelError(f"model '{path}': uint8 input needs one float input")
+    name = inputs[0].name
+    raw = f"{name}__uint8"
+    graph.initializer.extend([helper.make_tensor(f"{name}__scale", TensorProto.FLOAT, [], [scale]),
+                              helper.make_tensor(f"{name}__offset", TensorProto.FLOAT, [], [offset])])
+    nodes = [
+        helper.make_node("Cast", [raw], [f"{name}__float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [f"{name}__float", f"{name}__scale"], [f"{name}__scaled"]),
+        helper.make_node("Add", [f"{name}__scaled", f"{name}__offset"], [name]),
+    ]
+    for k, node in enumerate(nodes):
+        graph.node.insert(k, node)
+    inputs[0].name = raw
+    inputs[0].type.tensor_type.elem_type = TensorProto.UINT8
+    return model.SerializeToString()
 
 
 def create_session(path: Path, providers: tuple[str, ...], threads: int = 0, *, what: str = "model",
-                   cuda_options: dict[str, str] | None = None) -> ort.InferenceSession:
+                   provider_opts: dict[str, dict[str, str]] | None = None,
+                   uint8_normalize: tuple[float, float] | None = None) -> ort.InferenceSession:
     """Open an ONNX model for inference.
 
     Args:
@@ -122,7 +176,10 @@ def create_session(path: Path, providers: tuple[str, ...], threads: int = 0, *, 
         providers: Config provider names in order of preference (``cuda``, ``cpu`` ...).
         threads: Intra-op threads; 0 picks :func:`auto_threads`.
         what: What the model is, for messages (``detector``, ``classifier``).
-        cuda_options: CUDA provider options (``cudnn_conv_algo_search`` ...), when CUDA is used.
+        provider_opts: Options per provider (``{"cuda": {"cudnn_conv_algo_search": "DEFAULT"},
+            "tensorrt": {...}}``), applied to the ones used.
+        uint8_normalize: ``(scale, offset)``: feed uint8 and normalise inside the graph
+            (:func:`uint8_input_graph`); None: the model as it is.
 
     Raises:
         ModelError: The file is missing or not a loadable ONNX model.
@@ -139,9 +196,12 @@ def create_session(path: Path, providers: tuple[str, ...], threads: int = 0, *, 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     chosen = resolve_providers(providers)
+    if chosen[0] != "CPUExecutionProvider":
+        _preload_gpu_libraries()
     try:
-        session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=provider_options(chosen, cuda_options))
+        model = str(path) if uint8_normalize is None else uint8_input_graph(path, *uint8_normalize)
+        session = ort.InferenceSession(model, sess_options=options,
+                                       providers=provider_options(chosen, provider_opts))
     except Exception as err:  # ORT raises its own untyped errors for every kind of bad file
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"{what} model '{path}' could not be loaded: {first_line[:200]}") from err
