@@ -11,6 +11,7 @@ $(VENV)/.runtime: pyproject.toml scripts/setup-system.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[bench]'
+	bash scripts/select-onnxruntime.sh $(PY)
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime
