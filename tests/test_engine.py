@@ -194,3 +194,15 @@ def test_uint8_input_in_the_graph_matches_the_numpy_path(clips: dict[str, Path])
             assert abs(da.score - db.score) < 1e-4
     crops = np.random.default_rng(2).integers(0, 255, (9, 64, 64), dtype=np.uint8)
     np.testing.assert_allclose(plain.classifier.classify(crops), uint8.classifier.classify(crops), atol=1e-5)
+
+
+def test_detect_every_k_reuses_boxes_between_detections(clips: dict[str, Path], tmp_path: Path) -> None:
+    config = load_config(None).with_overrides({"output.dir": tmp_path, "output.progress": False,
+                                               "output.video": False, "runtime.detect_every": 3})
+    summary = Pipeline([SourceSpec(str(clips["vga"]))], config, RunOptions()).run()[0]
+    assert summary.frames_processed == 120 and summary.faces == 120
+    lines = [json.loads(line) for line in summary.outputs[0].read_text().splitlines()]
+    boxes = [r["faces"][0]["box_xyxy"] for r in lines]
+    # Frames 3k+1 and 3k+2 keep frame 3k's box (classified again on their own pixels); 3k gets a new one.
+    assert all(boxes[i] == boxes[i - i % 3] for i in range(120))
+    assert len({tuple(b) for b in boxes}) >= 30
