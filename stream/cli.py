@@ -3,6 +3,7 @@
     emostream run [SOURCE] [--output PATH] [--events PATH] [--config PATH] [--model PATH]
                   [--display/--no-display] [--max-frames N] [--max-seconds S]
     emostream report EVENTS.jsonl [--out DIR] [--video PATH] [--config PATH]
+    emostream batch INPUTS... --out DIR [--video] [--csv] [--parallel N] [--ray [ADDRESS]]
     emostream train | evaluate | export ...     (training extra)
     emostream bench ...                         (benchmarks/fps.py)
 
@@ -116,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from training.cli import register  # adds train/evaluate/export; imports TensorFlow only when they run
 
     register(sub)
+    from stream.batch.cli import register as register_batch  # emostream batch (pyarrow, ray: only when it runs)
+
+    register_batch(sub)
     return parser
 
 

@@ -1,0 +1,226 @@
+"""The job's dataset: tidy tables built from the event logs, one part per input, combined at the end.
+
+``faces.parquet``: one row per face per frame::
+
+    source  frame  t_s  track_id  x1  y1  x2  y2  score  label  prob_<label> ...
+
+``videos.parquet``: one row per input (duration, frames, faces, tracks, share of each label).
+``tracks.parquet``: one row per track of each input (first and last time, faces, top label, shares).
+
+Each input's rows are written to a part file when it finishes; the tables are
+rebuilt from the finished parts, in input order, at the end of every run of the
+job, so a resumed job has every row exactly once. pyarrow is imported here only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from stream.errors import ConfigError, OutputError
+
+__all__ = ["FACES", "TRACKS", "VIDEOS", "InputTables", "combine", "input_tables", "require_pyarrow"]
+
+FACES, VIDEOS, TRACKS = "faces", "videos", "tracks"
+
+
+def require_pyarrow() -> Any:
+    """Import pyarrow, or say how to install it."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as err:
+        raise ConfigError("emostream batch writes Parquet with pyarrow, which is not installed: "
+                          "pip install 'emostream[batch]'") from err
+    return pyarrow
+
+
+def _faces_schema(labels: Sequence[str]) -> Any:
+    pa = require_pyarrow()
+    return pa.schema([("source", pa.string()), ("frame", pa.int32()), ("t_s", pa.float64()),
+                      ("track_id", pa.int32()), ("x1", pa.float64()), ("y1", pa.float64()),
+                      ("x2", pa.float64()), ("y2", pa.float64()), ("score", pa.float64()),
+                      ("label", pa.string())] + [(f"prob_{label}", pa.float64()) for label in labels])
+
+
+class InputTables:
+    """One input's rows, read from its event log.
+
+    Attributes:
+        faces: Column lists of the faces table.
+        video: The input's row of the videos table.
+        tracks: Its rows of the tracks table.
+    """
+
+    def __init__(self, faces: dict[str, list], video: dict[str, Any], tracks: list[dict[str, Any]]) -> None:
+        self.faces = faces
+        self.video = video
+        self.tracks = tracks
+
+    @property
+    def rows(self) -> int:
+        return len(self.faces["frame"])
+
+
+def _shares(counts: Counter, names: Sequence[str]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {f"share_{n}": round(counts[n] / total, 4) if total else 0.0 for n in names}
+
+
+def input_tables(events: Path, source: str, labels: Sequence[str], share_labels: Sequence[str],
+                 *, image: bool) -> InputTables:
+    """Read one finished event log into table rows.
+
+    Args:
+        events: The input's JSON Lines event log.
+        source: Its relative name (the ``source`` column).
+        labels: The classifier's labels (one ``prob_`` column each).
+        share_labels: Labels that get a ``share_`` column (``labels`` plus ``uncertain`` when used).
+        image: A still image (duration 0).
+
+    Raises:
+        OutputError: The log cannot be read or holds a line that is not an event record.
+    """
+    cols: dict[str, list] = {name: [] for name in _faces_schema(labels).names}
+    frames = 0
+    ts: list[float] = []
+    with_faces = 0
+    per_track: dict[int, list[tuple[float, str]]] = {}
+    try:
+        with open(events, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    rec = json.loads(line)
+                    frame, t, faces = int(rec["frame"]), float(rec["t"]), rec["faces"]
+                except (ValueError, KeyError, TypeError) as err:
+                    raise OutputError(f"event log '{events}' line {n} is not an event record: {err}") from err
+                frames += 1
+                ts.append(t)
+                with_faces += bool(faces)
+                for face in faces:
+                    box = face["box_xyxy"]
+                    cols["source"].append(source)
+                    cols["frame"].append(frame)
+                    cols["t_s"].append(t)
+                    cols["track_id"].append(int(face["id"]))
+                    for name, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
+                        cols[name].append(v)
+                    cols["score"].append(face["score"])
+                    cols["label"].append(face["label"])
+                    for label in labels:
+                        cols[f"prob_{label}"].append(face["probs"].get(label))
+                    per_track.setdefault(int(face["id"]), []).append((t, face["label"]))
+    except OSError as err:
+        raise OutputError(f"event log '{events}' could not be read: {err.strerror or err}") from err
+    # Duration: the last frame's time plus one frame interval (the median step), 0 for an image.
+    steps = sorted(b - a for a, b in itertools.pairwise(ts))
+    duration = 0.0 if image or not ts else ts[-1] - ts[0] + (steps[len(steps) // 2] if steps else 0.0)
+    all_labels = Counter(cols["label"])
+    video = {"source": source, "kind": "image" if image else "video", "duration_s": round(duration, 4),
+             "frames": frames, "frames_with_faces": with_faces, "faces": len(cols["frame"]),
+             "tracks": len(per_track), **_shares(all_labels, share_labels)}
+    tracks = []
+    for track_id in sorted(per_track):
+        seen = per_track[track_id]
+        counts = Counter(label for _, label in seen)
+        tracks.append({"source": source, "track_id": track_id, "first_t_s": seen[0][0], "last_t_s": seen[-1][0],
+                       "faces": len(seen), "top_label": counts.most_common(1)[0][0],
+                       **_shares(counts, share_labels)})
+    return InputTables(cols, video, tracks)
+
+
+def _video_schema(share_labels: Sequence[str]) -> Any:
+    pa = require_pyarrow()
+    return pa.schema([("source", pa.string()), ("kind", pa.string()), ("duration_s", pa.float64()),
+                      ("frames", pa.int64()), ("frames_with_faces", pa.int64()), ("faces", pa.int64()),
+                      ("tracks", pa.int64())] + [(f"share_{n}", pa.float64()) for n in share_labels])
+
+
+def _track_schema(share_labels: Sequence[str]) -> Any:
+    pa = require_pyarrow()
+    return pa.schema([("source", pa.string()), ("track_id", pa.int32()), ("first_t_s", pa.float64()),
+                      ("last_t_s", pa.float64()), ("faces", pa.int64()), ("top_label", pa.string())]
+                     + [(f"share_{n}", pa.float64()) for n in share_labels])
+
+
+def write_part(tables: InputTables, labels: Sequence[str], share_labels: Sequence[str], part: Path) -> None:
+    """Write one input's faces and tracks as Parquet part files (``PART.faces.parquet``, ``PART.tracks.parquet``).
+
+    Written under a temporary name and renamed, so a part file is always whole.
+    """
+    pa = require_pyarrow()
+    import pyarrow.parquet as pq
+
+    part.parent.mkdir(parents=True, exist_ok=True)
+    for kind, table in ((FACES, pa.Table.from_pydict(tables.faces, schema=_faces_schema(labels))),
+                        (TRACKS, pa.Table.from_pylist(tables.tracks, schema=_track_schema(share_labels)))):
+        final = part.with_name(f"{part.name}.{kind}.parquet")
+        tmp = final.with_name(f".{final.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+
+
+def part_files(part: Path) -> tuple[Path, Path]:
+    """The faces and tracks part files of one input."""
+    return part.with_name(f"{part.name}.{FACES}.parquet"), part.with_name(f"{part.name}.{TRACKS}.parquet")
+
+
+def combine(parts: Iterable[Path], videos: list[dict[str, Any]], labels: Sequence[str],
+            share_labels: Sequence[str], out_dir: Path, *, csv: bool) -> dict[str, Path | int]:
+    """Write ``faces``, ``videos`` and ``tracks`` (Parquet, and CSV when asked) from the finished parts.
+
+    Streams part by part (memory holds one input's rows). Each table is written under a
+    temporary name and renamed.
+
+    Returns:
+        ``{"faces": path, "videos": path, "tracks": path, "rows": faces rows, ...csv paths}``.
+    """
+    pa = require_pyarrow()
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    parts = list(parts)
+    written: dict[str, Path | int] = {}
+    schemas = {FACES: _faces_schema(labels), TRACKS: _track_schema(share_labels)}
+    for kind, schema in schemas.items():
+        rows = 0
+        final, tmp = out_dir / f"{kind}.parquet", out_dir / f".{kind}.parquet.tmp"
+        final_csv, tmp_csv = out_dir / f"{kind}.csv", out_dir / f".{kind}.csv.tmp"
+        with pq.ParquetWriter(tmp, schema) as writer, \
+                (pcsv.CSVWriter(tmp_csv, schema) if csv else _Nothing()) as csv_writer:
+            for part in parts:
+                table = pq.read_table(part_files(part)[0 if kind == FACES else 1], schema=schema)
+                writer.write_table(table)
+                if csv:
+                    csv_writer.write_table(table)
+                rows += table.num_rows
+        os.replace(tmp, final)
+        written[kind] = final
+        written[f"{kind}_rows"] = rows
+        if csv:
+            os.replace(tmp_csv, final_csv)
+            written[f"{kind}_csv"] = final_csv
+    table = pa.Table.from_pylist(videos, schema=_video_schema(share_labels))
+    final = out_dir / f"{VIDEOS}.parquet"
+    pq.write_table(table, out_dir / f".{VIDEOS}.parquet.tmp")
+    os.replace(out_dir / f".{VIDEOS}.parquet.tmp", final)
+    written[VIDEOS] = final
+    written[f"{VIDEOS}_rows"] = table.num_rows
+    if csv:
+        pcsv.write_csv(table, out_dir / f".{VIDEOS}.csv.tmp")
+        os.replace(out_dir / f".{VIDEOS}.csv.tmp", out_dir / f"{VIDEOS}.csv")
+        written[f"{VIDEOS}_csv"] = out_dir / f"{VIDEOS}.csv"
+    return written
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,417 @@
+"""A batch job: its folder state, the work on one group of inputs, and the loop that drives it.
+
+The job folder ``DIR/.job/`` holds a lock (one job writes a folder at a time),
+one done-marker per finished input (``done/<key>.json``: the input's path, size
+and modification time when it was read, its videos-table row) and its dataset
+part files (``parts/<key>.faces.parquet``, ``.tracks.parquet``). A marker is
+written last, after the input's outputs and parts are whole, so it is the
+commit point: a killed job loses at most the inputs in flight, and a re-run
+skips every input whose marker still matches the file. The dataset is rebuilt
+from the parts of the finished inputs at the end of every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream.batch.inputs import InputFile
+from stream.capture.sources import is_image_file
+from stream.capture.spec import SourceSpec
+from stream.config import Config
+from stream.errors import ConfigError, OutputError, StreamError
+
+__all__ = ["BatchOptions", "JobFolder", "JobReport", "Outcome", "process_group", "run_batch"]
+
+log = logging.getLogger(__name__)
+
+DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Choices of one batch job.
+
+    Attributes:
+        video: Also write the annotated video (or image) of every input.
+        csv: Also write the tables as CSV.
+        parallel: Inputs processed together through one pipeline (per worker).
+        progress: Show the progress bar.
+        max_frames: Stop each input after this many frames.
+        ray: None: in-process; ``""``: Ray (``RAY_ADDRESS`` or a local Ray); else the cluster's address.
+        workers: Ray actors (None: as many as the cluster's CPUs allow).
+        cpus_per_worker: CPUs each Ray actor asks for.
+        gpus_per_worker: GPU fraction each Ray actor asks for (0: none).
+        interrupt: Set (by a signal handler) to end the job early, finished inputs kept.
+    """
+
+    video: bool = False
+    csv: bool = False
+    parallel: int = 4
+    progress: bool = True
+    max_frames: int | None = None
+    ray: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    interrupt: threading.Event | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one input (plain data: it crosses process boundaries under Ray)."""
+
+    key: str
+    rel: str
+    status: str
+    reason: str = ""
+    warning: str = ""
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    video_row: dict[str, Any] | None = None
+    outputs: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    share_labels: list[str] = field(default_factory=list)
+
+
+def fingerprint(path: str) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of an input, or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+class JobFolder:
+    """``DIR/.job``: lock, done-markers and dataset parts (see the module docstring).
+
+    Raises:
+        OutputError: The folder cannot be created, or another job is writing it.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.dir = self.out_dir / ".job"
+        try:
+            (self.dir / "done").mkdir(parents=True, exist_ok=True)
+            (self.dir / "parts").mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.dir / "lock", "a+")  # noqa: SIM115
+        except OSError as err:
+            raise OutputError(f"job folder '{self.dir}' could not be written: {err.strerror or err}") from err
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            self._lock.close()
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise OutputError(f"output folder '{self.out_dir}' is being written by another batch job") from None
+            raise OutputError(f"job folder '{self.dir}' could not be locked: {err.strerror or err}") from err
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            self._lock.close()  # releases the lock
+
+    def __enter__(self) -> JobFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def part(self, item: InputFile) -> Path:
+        return self.dir / "parts" / item.key
+
+    def _marker(self, item: InputFile) -> Path:
+        return self.dir / "done" / f"{item.key}.json"
+
+    def finished(self, item: InputFile, video: bool) -> dict[str, Any] | None:
+        """The input's marker when it is finished and unchanged since (with a video, if one is wanted)."""
+        from stream.batch.dataset import part_files
+
+        try:
+            marker = json.loads(self._marker(item).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if marker.get("input") != item.path or marker.get("fingerprint") != list(fingerprint(item.path) or []):
+            return None
+        if video and not marker.get("video"):
+            return None
+        if not all(p.is_file() for p in part_files(self.part(item))):
+            return None
+        return marker
+
+    def mark_done(self, item: InputFile, print_: tuple[int, int] | None, outcome: Outcome, video: bool) -> None:
+        """Commit one finished input (atomic: written under a temporary name, then renamed)."""
+        marker = {"input": item.path, "rel": item.rel, "fingerprint": list(print_ or []), "video": video,
+                  "frames": outcome.frames, "faces": outcome.faces, "warning": outcome.warning,
+                  "video_row": outcome.video_row, "outputs": outcome.outputs, "labels": outcome.labels,
+                  "share_labels": outcome.share_labels, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        final = self._marker(item)
+        tmp = final.with_name(f".{final.name}.tmp")
+        tmp.write_text(json.dumps(marker), encoding="utf-8")
+        os.replace(tmp, final)
+
+    def forget(self, item: InputFile) -> None:
+        """Drop an input's marker (it is about to be redone)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._marker(item).unlink()
+
+
+def _partial_leftovers(paths: Sequence[Path]) -> None:
+    """Remove the partial files an earlier, killed run of these inputs left (they are redone from the start)."""
+    from stream.render.outputs import partial_path
+
+    for path in paths:
+        with contextlib.suppress(OSError):
+            partial_path(path).unlink()
+
+
+def process_group(items: Sequence[InputFile], out_dir: Path, config: Config, models: Any, *,
+                  video: bool, max_frames: int | None = None,
+                  interrupt: threading.Event | None = None) -> list[Outcome]:
+    """Run a few inputs through one pipeline (one batched inference stage); write their outputs and parts.
+
+    A source that cannot be opened makes the whole group fail to start, so the group is
+    then retried one input at a time: each failure is pinned on its own input.
+
+    Args:
+        items: The inputs.
+        out_dir: The job's output folder.
+        config: Configuration (``output.video`` matching ``video``).
+        models: Loaded :class:`stream.pipeline.Models`.
+        video: Write the annotated video (or image).
+        max_frames: Stop each input after this many frames.
+        interrupt: Ends the pipeline early; its inputs come back ``interrupted``.
+
+    Returns:
+        One outcome per input, in order.
+    """
+    from stream.batch.dataset import input_tables, write_part
+    from stream.pipeline import Pipeline, RunOptions
+
+    labels = list(models.classifier.labels)
+    share_labels = labels + (["uncertain"] if config.classifier.uncertain_below > 0 else [])
+    images, specs = [], []
+    for i, item in enumerate(items):
+        image = is_image_file(Path(item.path))
+        annotated, events = item.outputs(out_dir, image)
+        _partial_leftovers([annotated, events])
+        images.append(image)
+        specs.append(SourceSpec(item.path, name=f"input{i}", output=annotated if video else None, events=events,
+                                max_frames=max_frames))
+    t0 = time.perf_counter()
+    try:
+        summaries = Pipeline(specs, config, RunOptions(display=False, interrupt=interrupt), models).run()
+    except StreamError as err:
+        if len(items) == 1:
+            return [Outcome(items[0].key, items[0].rel, FAILED, reason=str(err))]
+        return [o for item in items for o in process_group([item], out_dir, config, models, video=video,
+                                                              max_frames=max_frames, interrupt=interrupt)]
+    seconds = (time.perf_counter() - t0) / len(items)
+    outcomes = []
+    for item, spec, summary, image in zip(items, specs, summaries, images, strict=True):
+        common = {"key": item.key, "rel": item.rel, "frames": summary.frames_processed, "faces": summary.faces,
+                  "seconds": seconds}
+        if summary.interrupted:
+            outcomes.append(Outcome(status=INTERRUPTED, **common))
+            continue
+        if summary.error is not None:
+            outcomes.append(Outcome(status=FAILED, reason=str(summary.error), **common))
+            continue
+        assert spec.events is not None
+        if not spec.events.is_file():
+            outcomes.append(Outcome(status=FAILED, reason=f"source '{item.path}': no frame was processed", **common))
+            continue
+        try:
+            tables = input_tables(spec.events, item.rel, labels, share_labels, image=image)
+            write_part_to = Path(out_dir) / ".job" / "parts" / item.key
+            write_part(tables, labels, share_labels, write_part_to)
+        except OutputError as err:
+            outcomes.append(Outcome(status=FAILED, reason=str(err), **common))
+            continue
+        outcomes.append(Outcome(status=DONE, warning=summary.warning, video_row=tables.video,
+                                outputs=[str(p) for p in summary.outputs], labels=labels,
+                                share_labels=share_labels, **common))
+    return outcomes
+
+
+@dataclass
+class JobReport:
+    """What a run of a job did; written as ``DIR/job.json``."""
+
+    out_dir: str
+    mode: str
+    inputs: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    not_started: int = 0
+    frames: int = 0
+    faces: int = 0
+    wall_s: float = 0.0
+    workers_replaced: int = 0
+    dataset: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def was_interrupted(self) -> bool:
+        return bool(self.interrupted) or self.not_started > 0
+
+    def lines(self) -> list[str]:
+        """The short human summary."""
+        fps = self.frames / self.wall_s if self.wall_s > 0 else 0.0
+        files = self.done / self.wall_s if self.wall_s > 0 else 0.0
+        out = [f"batch ({self.mode}): {self.inputs} inputs: {self.done} done now, {self.skipped} already done, "
+               f"{len(self.failed)} failed" + (f", {len(self.interrupted) + self.not_started} left for a re-run"
+                                               if self.was_interrupted else ""),
+               f"frames: {self.frames} ({fps:.1f} frames/s, {files:.2f} files/s over {self.wall_s:.1f} s); "
+               f"faces: {self.faces}"]
+        if self.workers_replaced:
+            out.append(f"workers replaced: {self.workers_replaced}")
+        out.extend(f"failed: {f['input']}: {f['reason']}" for f in self.failed)
+        out.extend(f"warning: {w['input']}: {w['warning']}" for w in self.warnings)
+        out.extend(self.notes)
+        for kind in ("faces", "videos", "tracks"):
+            if kind in self.dataset:
+                out.append(f"wrote: {self.dataset[kind]} ({self.dataset[f'{kind}_rows']} rows)")
+        out.append(f"wrote: {Path(self.out_dir) / 'job.json'}")
+        return out
+
+
+Executor = Callable[[list[list[InputFile]]], Iterator[Outcome]]
+
+
+def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, options: BatchOptions,
+              models: Any = None) -> JobReport:
+    """Run (or resume) a batch job: every input not finished yet, then the dataset and the report.
+
+    Args:
+        inputs: From :func:`stream.batch.inputs.find_inputs`.
+        out_dir: The output folder (it mirrors the input tree; it holds the dataset and ``job.json``).
+        config: Configuration.
+        options: Batch choices.
+        models: Loaded models for the in-process run (loaded when needed if None).
+
+    Returns:
+        The report (also written to ``DIR/job.json``).
+
+    Raises:
+        StreamError: Bad config or models, or the output folder cannot be written.
+    """
+    from stream.batch.dataset import combine, require_pyarrow
+
+    require_pyarrow()
+    out_dir = Path(out_dir)
+    config = config.with_overrides({"output.video": options.video, "output.events": True,
+                                    "output.progress": False, "output.dir": out_dir})
+    interrupt = options.interrupt or threading.Event()
+    report = JobReport(str(out_dir), "in-process" if options.ray is None else f"ray {options.ray or 'local'}".strip(),
+                       inputs=len(inputs))
+    t0 = time.perf_counter()
+    with JobFolder(out_dir) as job:
+        by_key = {item.key: item for item in inputs}
+        todo = [item for item in inputs if job.finished(item, options.video) is None]
+        report.skipped = len(inputs) - len(todo)
+        prints = {item.key: fingerprint(item.path) for item in todo}
+        for item in todo:
+            job.forget(item)
+        # Big files first and together: a group ends when its longest input does.
+        todo.sort(key=lambda i: -(prints[i.key] or (0, 0))[0])
+        groups = [todo[i:i + options.parallel] for i in range(0, len(todo), options.parallel)]
+        executor = _executor(out_dir, config, options, models, interrupt, report)
+        seen: set[str] = set()
+        bar = _progress(len(todo), options.progress)
+        try:
+            for outcome in executor(groups) if groups else iter(()):
+                seen.add(outcome.key)
+                item = by_key[outcome.key]
+                report.frames += outcome.frames
+                report.faces += outcome.faces
+                if outcome.status == DONE:
+                    job.mark_done(item, prints[item.key], outcome, options.video)
+                    report.done += 1
+                    if outcome.warning:
+                        report.warnings.append({"input": item.path, "warning": outcome.warning})
+                elif outcome.status == FAILED:
+                    report.failed.append({"input": item.path, "reason": outcome.reason})
+                else:
+                    report.interrupted.append(item.path)
+                bar.update(1)
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix_str(f"{report.frames} frames, {report.frames / elapsed:.0f} frames/s, "
+                                    f"{len(report.failed)} failed", refresh=False)
+                if interrupt.is_set():
+                    break
+        except KeyboardInterrupt:
+            interrupt.set()
+        finally:
+            bar.close()
+        report.not_started = sum(1 for item in todo if item.key not in seen)
+        if not interrupt.is_set():
+            report.not_started = 0
+        finished = [(item, m) for item in inputs if (m := job.finished(item, options.video)) is not None]
+        report.wall_s = round(time.perf_counter() - t0, 3)
+        if finished:
+            labels, share_labels = finished[0][1]["labels"], finished[0][1]["share_labels"]
+            written = combine([job.part(item) for item, _ in finished], [m["video_row"] for _, m in finished],
+                              labels, share_labels, out_dir, csv=options.csv)
+            report.dataset = {k: str(v) if isinstance(v, Path) else v for k, v in written.items()}
+        else:
+            report.notes.append("no input finished: no dataset written")
+        report.failed.sort(key=lambda f: f["input"])
+        tmp = out_dir / ".job.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, out_dir / "job.json")
+    return report
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="file", dynamic_ncols=True, disable=not enabled or total == 0,
+                desc="batch")
+
+
+def _executor(out_dir: Path, config: Config, options: BatchOptions, models: Any, interrupt: threading.Event,
+              report: JobReport) -> Executor:
+    if options.ray is not None:
+        from stream.batch.ray_workers import run_on_ray
+
+        return lambda groups: run_on_ray(groups, out_dir, config, options, interrupt, report)
+
+    def in_process(groups: list[list[InputFile]]) -> Iterator[Outcome]:
+        from stream.pipeline import load_models
+
+        loaded = models or load_models(config)  # once for the whole job
+        for group in groups:
+            if interrupt.is_set():
+                return
+            yield from process_group(group, out_dir, config, loaded, video=options.video,
+                                     max_frames=options.max_frames, interrupt=interrupt)
+
+    return in_process
+
+
+def check_options(options: BatchOptions) -> None:
+    """Refuse option combinations that cannot work.
+
+    Raises:
+        ConfigError: A count or fraction out of range.
+    """
+    if options.parallel < 1:
+        raise ConfigError(f"--parallel: expected a positive integer, got {options.parallel}")
+    if options.gpus_per_worker < 0 or options.cpus_per_worker <= 0:
+        raise ConfigError("--cpus-per-worker must be positive and --gpus-per-worker not negative")

@@ -1,0 +1,163 @@
+"""Batch inputs on Ray actors: each loads the models once and processes many groups of inputs.
+
+Imported only when ``--ray`` is given; ``ray`` itself is imported inside the functions.
+Every worker runs :func:`stream.batch.job.process_group`, the same code as the
+in-process job, and writes its outputs and dataset parts into the job's output
+folder, so on a cluster that folder (and the inputs) must be on storage every
+node sees. The driver alone writes the done-markers.
+
+A worker that dies (killed, out of memory, its node lost) is replaced by a new
+actor; its group's inputs go back to the queue one by one. An input whose worker
+died :data:`MAX_ATTEMPTS` times is recorded as failed (it may crash the decoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from stream.batch.inputs import InputFile
+from stream.batch.job import FAILED, BatchOptions, JobReport, Outcome, process_group
+from stream.config import Config
+from stream.errors import ConfigError, StreamError
+
+__all__ = ["ACTOR_PREFIX", "MAX_ATTEMPTS", "NAMESPACE", "BatchWorker", "run_on_ray"]
+
+log = logging.getLogger(__name__)
+
+#: Ray namespace and name prefix of the worker actors (``ray.util.list_named_actors`` finds them).
+NAMESPACE = "emostream"
+ACTOR_PREFIX = "emostream-batch-"
+MAX_ATTEMPTS = 3
+_WAIT_S = 0.2
+
+
+class BatchWorker:
+    """The Ray actor: models loaded once, then any number of :meth:`process` calls."""
+
+    def __init__(self, out_dir: str, config: Config, video: bool, max_frames: int | None) -> None:
+        from stream.pipeline import load_models
+
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.video = video
+        self.max_frames = max_frames
+        self.error = ""
+        try:
+            self.models: Any = load_models(config)
+        except StreamError as err:  # reported by process(): the driver ends the job with this message
+            self.error = str(err)
+
+    def pid(self) -> int:
+        """The worker's process id."""
+        return os.getpid()
+
+    def process(self, items: list[InputFile]) -> dict[str, Any]:
+        """Process one group; ``{"outcomes": [...]}`` or ``{"error": message}`` when the models failed."""
+        if self.error:
+            return {"error": self.error}
+        outcomes = process_group(items, self.out_dir, self.config, self.models, video=self.video,
+                                 max_frames=self.max_frames)
+        return {"outcomes": [dataclasses.asdict(o) for o in outcomes]}
+
+
+def _connect(address: str) -> bool:
+    """``ray.init``: the given address, else ``RAY_ADDRESS``, else a new local Ray. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": False, "configure_logging": False}
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or None, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+def run_on_ray(groups: list[list[InputFile]], out_dir: Path, config: Config, options: BatchOptions,
+               interrupt: threading.Event, report: JobReport) -> Iterator[Outcome]:
+    """Yield the outcome of every input as the workers finish them (see the module docstring).
+
+    Raises:
+        ConfigError: Ray is not installed, or the cluster cannot hold one worker.
+        ModelError: The workers could not load the models.
+    """
+    try:
+        import ray
+        from ray.exceptions import RayActorError
+    except ImportError as err:
+        raise ConfigError("--ray needs Ray, which is not installed: pip install 'emostream[ray]'") from err
+    try:
+        started = _connect(options.ray or "")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"--ray: could not connect to Ray at '{options.ray or os.environ.get('RAY_ADDRESS')}': "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    workers = options.workers or max(1, int(cpus // options.cpus_per_worker))
+    workers = max(1, min(workers, len(groups)))
+    report.mode = f"ray {options.ray or os.environ.get('RAY_ADDRESS') or 'local'}, {workers} workers"
+    remote = ray.remote(BatchWorker)
+    job_id = uuid.uuid4().hex[:8]
+    made = 0
+
+    def new_actor() -> Any:
+        nonlocal made
+        made += 1
+        # max_concurrency 2: pid() answers while process() runs (the driver never sends two process calls).
+        return remote.options(name=f"{ACTOR_PREFIX}{job_id}-{made}", num_cpus=options.cpus_per_worker,
+                              num_gpus=options.gpus_per_worker, max_concurrency=2, max_restarts=0).remote(
+            str(out_dir), config, options.video, options.max_frames)
+
+    actors = [new_actor() for _ in range(workers)]
+    pending: deque[tuple[list[InputFile], int]] = deque((g, 0) for g in groups)
+    running: dict[Any, tuple[int, list[InputFile], int]] = {}
+    idle = list(range(workers))
+    try:
+        while (pending or running) and not interrupt.is_set():
+            while idle and pending:
+                slot = idle.pop()
+                group, attempts = pending.popleft()
+                running[actors[slot].process.remote(group)] = (slot, group, attempts)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=_WAIT_S)
+            for ref in ready:
+                slot, group, attempts = running.pop(ref)
+                try:
+                    answer = ray.get(ref)
+                except RayActorError as err:
+                    log.warning("a batch worker died (%s); replacing it, %d input(s) go back to the queue",
+                                type(err).__name__, len(group))
+                    ray.kill(actors[slot], no_restart=True)
+                    actors[slot] = new_actor()
+                    report.workers_replaced += 1
+                    if attempts + 1 >= MAX_ATTEMPTS:
+                        for item in group:
+                            yield Outcome(item.key, item.rel, FAILED,
+                                          reason=f"the worker processing it died {attempts + 1} times")
+                    else:
+                        # One by one from now on: an input that kills its worker takes no other input down.
+                        pending.extendleft(([item], attempts + 1) for item in reversed(group))
+                    idle.append(slot)
+                    continue
+                if "error" in answer:
+                    from stream.errors import ModelError
+
+                    raise ModelError(answer["error"])
+                idle.append(slot)
+                for outcome in answer["outcomes"]:
+                    yield Outcome(**outcome)
+    finally:
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as err:  # best effort: the cluster cleans up after the driver anyway
+                log.debug("could not kill a worker: %s", err)
+        if started:
+            ray.shutdown()
