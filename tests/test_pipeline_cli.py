@@ -55,7 +55,11 @@ def test_video_file_frames_read_written_logged(clips: dict[str, Path], tmp_path:
     with_face = [e for e in events if len(e["faces"]) == 1]
     assert len(with_face) >= 119
     face = with_face[0]["faces"][0]
-    assert set(face) == {"id", "box_xyxy", "score", "label", "probs"}
+    assert set(face) == {"id", "box_xyxy", "score", "label", "probs", "keypoints_xy"}
+    assert len(face["keypoints_xy"]) == 6
+    x1, y1, x2, y2 = face["box_xyxy"]
+    for x, y in face["keypoints_xy"][:4]:  # eyes, nose, mouth lie inside the face box
+        assert x1 <= x <= x2 and y1 <= y <= y2
     assert face["label"] == max(face["probs"], key=face["probs"].get)
     assert list(face["probs"]) == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert sum(face["probs"].values()) == pytest.approx(1.0, abs=1e-3)

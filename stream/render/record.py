@@ -352,9 +352,11 @@ def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below:
             "score": round(face.score, 4),
             "label": face_label(face.probs, labels, uncertain_below),
             "probs": {label: round(float(p), 4) for label, p in zip(labels, face.probs, strict=True)},
+            "keypoints_xy": [[round(float(x), 1), round(float(y), 1)] for x, y in face.keypoints_xy],
         })
     return {
         "source": result.frame.source,
+        "source_id": result.frame.source_id,
         "frame": result.frame.index,
         "t": round(result.frame.t_media_s, 4),
         "latency_ms": round(result.latency_ms, 2),
