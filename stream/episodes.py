@@ -30,6 +30,7 @@ The input is an :class:`EventTable` (one array per field, like
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import logging
@@ -362,34 +363,59 @@ def _segment_runs(t_s: np.ndarray, probs: np.ndarray, config: EpisodesConfig, fr
     stops = [*change.tolist(), len(rows)]
     labels = [int(state[s]) for s in starts]
     end_t = float(t_s[-1]) + frame_interval_s
+    # 3. Minimum duration: merge the shortest short run into a neighbour until none is left. The runs
+    # form a linked list and a heap orders them by duration (ties: the earliest), so a long flickery
+    # track costs O(runs log runs). A merged run keeps the index of its leftmost part.
+    count = len(starts)
+    nxt, prv = [*range(1, count), -1], list(range(-1, count - 1))
+    version = [0] * count
 
     def ends(j: int) -> float:
-        return float(t_s[stops[j]]) if stops[j] < len(rows) else end_t
+        return float(t_s[starts[nxt[j]]]) if nxt[j] >= 0 else end_t
 
-    # 3. Minimum duration: merge the shortest short run into a neighbour until none is left.
-    while True:
-        durations = np.array([ends(j) - float(t_s[starts[j]]) for j in range(len(starts))])
-        j = int(np.argmin(durations))
-        if durations[j] >= config.min_duration_s:
+    def duration(j: int) -> float:
+        return ends(j) - float(t_s[starts[j]])
+
+    def absorb(left: int, right: int) -> None:
+        stops[left], nxt[left] = stops[right], nxt[right]
+        if nxt[right] >= 0:
+            prv[nxt[right]] = left
+        version[right] = -1  # gone: its heap entries are stale
+
+    heap = [(duration(j), j, 0) for j in range(count)]
+    heapq.heapify(heap)
+    while heap:
+        length, j, seen = heapq.heappop(heap)
+        if seen != version[j]:
+            continue
+        if length >= config.min_duration_s:
             break
-        if len(starts) == 1:
+        if prv[j] < 0 and nxt[j] < 0:
             return []  # the face was not seen long enough for any episode
-        neighbours = [n for n in (j - 1, j + 1) if 0 <= n < len(starts)]
         # The neighbour whose label this run's own frames rate higher absorbs it.
         own = probs[starts[j]:stops[j]]
-        into = max(neighbours, key=lambda n: float(own[:, labels[n]].mean()))
-        lo, hi = min(j, into), max(j, into)
-        starts[lo:hi + 1], stops[lo:hi + 1], labels[lo:hi + 1] = [starts[lo]], [stops[hi]], [labels[into]]
-        # Neighbours that now share a label become one run.
-        merged = 0
-        while merged + 1 < len(starts):
-            if labels[merged] == labels[merged + 1]:
-                stops[merged] = stops[merged + 1]
-                del starts[merged + 1], stops[merged + 1], labels[merged + 1]
-            else:
-                merged += 1
-    return [(s + offset, e + offset, lab, ends(j))
-            for j, (s, e, lab) in enumerate(zip(starts, stops, labels, strict=True))]
+        into = max((n for n in (prv[j], nxt[j]) if n >= 0), key=lambda n: float(own[:, labels[n]].mean()))
+        labels[j] = labels[into]
+        if into == prv[j]:
+            absorb(into, j)
+            j = into
+        else:
+            absorb(j, into)
+        # Its other neighbour may now show the same label: one run.
+        if nxt[j] >= 0 and labels[nxt[j]] == labels[j]:
+            absorb(j, nxt[j])
+        if prv[j] >= 0 and labels[prv[j]] == labels[j]:
+            left = prv[j]
+            absorb(left, j)
+            j = left
+        version[j] += 1
+        heapq.heappush(heap, (duration(j), j, version[j]))
+    out = []
+    j = 0  # the first run is never absorbed (only a right neighbour is)
+    while j >= 0:
+        out.append((starts[j] + offset, stops[j] + offset, labels[j], ends(j)))
+        j = nxt[j]
+    return out
 
 
 def derive_episodes(table: EventTable, config: EpisodesConfig) -> list[Episode]:

@@ -57,6 +57,8 @@ EMOTION_COLORS = {
 _SPARE_COLORS = ["#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#aec7e8", "#98df8a"]
 _THUMB_PX = 112
 _OVERVIEW_MAX_TRACKS = 12
+#: A timeline ~1000 px wide shows no more than this many points: longer tracks are averaged into bins.
+_PLOT_POINTS = 2000
 #: Frames further than this apart cannot be reached by decoding forward; seek instead.
 _SEEK_AFTER_FRAMES = 250
 
@@ -293,10 +295,23 @@ def _track_series(table: EventTable, key: tuple[int, int]) -> tuple[np.ndarray, 
         breaks = np.flatnonzero(np.diff(t_s) > 1.5 * interval) + 1
         t_s = np.insert(t_s, breaks, t_s[breaks - 1] + interval / 2)
         probs = np.insert(probs, breaks, np.nan, axis=0)
+    if t_s.size > _PLOT_POINTS:
+        t_s, probs = _binned(t_s, probs, _PLOT_POINTS)
     if t_s.size == 1:  # one frame (an image): show it as a frame-long strip rather than nothing
         t_s = np.array([t_s[0], t_s[0] + (interval or 1e-3)])
         probs = np.repeat(probs, 2, axis=0)
     return t_s, probs
+
+
+def _binned(t_s: np.ndarray, probs: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean probabilities in ``bins`` equal time bins; a bin without a frame stays NaN (a gap)."""
+    seen = ~np.isnan(probs[:, 0])
+    edges = np.linspace(t_s[0], t_s[-1], bins + 1)
+    idx = np.clip(np.searchsorted(edges, t_s[seen], side="right") - 1, 0, bins - 1)
+    counts = np.bincount(idx, minlength=bins).astype(np.float64)
+    sums = np.stack([np.bincount(idx, weights=probs[seen, k], minlength=bins) for k in range(probs.shape[1])], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (edges[:-1] + edges[1:]) / 2, sums / counts[:, None]
 
 
 def _draw_rows(fig: Figure, table: EventTable, keys: Sequence[tuple[int, int]], episodes: Sequence[Episode],
@@ -336,11 +351,14 @@ def _draw_rows(fig: Figure, table: EventTable, keys: Sequence[tuple[int, int]], 
         ax_e.set_ylim(0, 1)
         ax_e.tick_params(labelsize=8, labelbottom=i == len(keys) - 1)
         source = table.sources[key[0]]
-        for e in episodes:
-            if e.source == source and e.track_id == key[1]:
-                ax_e.broken_barh([(e.start_s, e.duration_s)], (0, 1), facecolors=colors[e.label])
-                if e.duration_s > 0.08 * (t_hi - t_lo):
-                    ax_e.text(e.start_s + e.duration_s / 2, 0.5, e.label, ha="center", va="center", fontsize=7)
+        own = [e for e in episodes if e.source == source and e.track_id == key[1]]
+        for label in labels:  # one call per colour: a long run has thousands of episodes
+            spans = [(e.start_s, e.duration_s) for e in own if e.label == label]
+            if spans:
+                ax_e.broken_barh(spans, (0, 1), facecolors=colors[label])
+        for e in own:
+            if e.duration_s > 0.08 * (t_hi - t_lo):
+                ax_e.text(e.start_s + e.duration_s / 2, 0.5, e.label, ha="center", va="center", fontsize=7)
         if i == len(keys) - 1:
             ax_e.set_xlabel("time (s); bar: episodes", fontsize=8)
 
