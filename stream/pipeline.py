@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -39,7 +40,7 @@ from stream.render.sinks import SourceSinks
 from stream.summary import RunSummary
 from stream.track import IouTracker
 
-__all__ = ["Models", "Pipeline", "RunOptions", "RunSummary", "SourceSpec", "default_outputs", "load_models",
+__all__ = ["Models", "Observer", "Pipeline", "RunOptions", "RunSummary", "SourceSpec", "default_outputs", "load_models",
            "run", "source_name"]
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,19 @@ def run(source_spec: str, config: Config, options: RunOptions, models: Models | 
     return summary
 
 
+class Observer(Protocol):
+    """Something that watches a running pipeline (a web dashboard, a fleet monitor)."""
+
+    def on_start(self, summaries: list[RunSummary]) -> None:
+        """The sources are open; one summary per source, updated live as frames pass."""
+
+    def on_result(self, result: FrameResult, summary: RunSummary) -> None:
+        """A frame of ``summary``'s source was processed; ``result.frame.image_bgr`` is annotated."""
+
+    def on_source_end(self, summary: RunSummary) -> None:
+        """That source ended (``summary.error`` says why, if it failed)."""
+
+
 class Pipeline:
     """Many sources, one batched inference stage, per-source sinks (see the module docstring).
 
@@ -134,16 +148,19 @@ class Pipeline:
         config: The configuration.
         options: Display, limits and the interrupt event.
         models: Loaded models (loaded from ``config`` when None).
+        observers: Also told of every result and every source's end (a web dashboard);
+            they run on the consuming thread and must return at once.
     """
 
     def __init__(self, sources: Sequence[SourceSpec], config: Config, options: RunOptions,
-                 models: Models | None = None) -> None:
+                 models: Models | None = None, observers: Sequence[Observer] = ()) -> None:
         if not sources:
             raise ValueError("a pipeline needs at least one source")
         self.specs = unique_names(sources)
         self.config = config
         self.options = options
         self.models = models
+        self.observers = list(observers)
 
     def run(self) -> list[RunSummary]:
         """Run until every source ended, ``max_seconds`` passed or the interrupt was set.
@@ -190,10 +207,16 @@ class Pipeline:
             for capture in captures:
                 capture.start()
             inference.start()
-            _consume(inference.results, sinks, sources, window, options, config)
+            for observer in self.observers:
+                observer.on_start(summaries)
+            _consume(inference.results, sinks, sources, window, options, config, self.observers)
         except KeyboardInterrupt:
             for summary in summaries:
                 summary.interrupted = True
+        except BaseException:
+            for sink in sinks:
+                sink.abort()  # a failed run publishes nothing: earlier files with the outputs' names stay
+            raise
         finally:
             stop.set()
             for i, source in enumerate(sources):
@@ -249,7 +272,7 @@ def _tracker(config: Config, image_mode: bool) -> IouTracker:
 
 
 def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[FrameSource], window: Window | None,
-             options: RunOptions, config: Config) -> None:
+             options: RunOptions, config: Config, observers: Sequence[Observer] = ()) -> None:
     """The demux and render/record stage, on the calling thread (a window must live on the main thread)."""
     counts = [s.frame_count for s in sources]
     known = all(not s.live for s in sources)
@@ -270,7 +293,9 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
                 continue
             if isinstance(item, FrameResult):
                 sink = sinks[item.frame.source_id]
-                sink.write(item, draw=window is not None)
+                sink.write(item, draw=window is not None or bool(observers))
+                for observer in observers:
+                    observer.on_result(item, sink.summary)
                 progress.update()
                 if window is not None and window.show(_window_image(sinks)):
                     break
@@ -280,12 +305,19 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
                 break
             else:
                 _end_source(sinks[item.source_id], item)
+                for observer in observers:
+                    observer.on_source_end(sinks[item.source_id].summary)
     finally:
         progress.close()
 
 
 def _end_source(sink: SourceSinks, marker: EndOfStream | StageError) -> None:
-    """One source ended: finalise its outputs now; a failure is kept in its summary, the others go on."""
+    """One source ended: finalise its outputs now; a failure is kept in its summary, the others go on.
+
+    A source that dies mid-run (a camera past its reconnect budget) still publishes what it
+    recorded, complete up to the outage, as a truncated file does; only a failure of the
+    outputs or of the whole run publishes nothing (:meth:`SourceSinks.abort`).
+    """
     if isinstance(marker, StageError):
         err = marker.error
         if not isinstance(err, StreamError):
