@@ -25,14 +25,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stream.capture.spec import SourceSpec, load_sources
 from stream.config import MAX_BATCH_SIZE, REPO_ROOT, Config, load_config
 from stream.contract import printable
 from stream.errors import ConfigError, StreamError
 
 __all__ = ["SAMPLE_CLIP", "build_parser", "main", "positive_float", "positive_int"]
+
+if TYPE_CHECKING:
+    from stream.capture.spec import SourceSpec
 
 log = logging.getLogger("emostream")
 
@@ -165,6 +167,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _source_specs(args: argparse.Namespace) -> list[SourceSpec]:
     """The sources of ``emostream run``: arguments, then the sources file; the sample clip without either."""
+    from stream.capture.spec import SourceSpec, load_sources  # OpenCV: imported after the signal handlers
+
     specs = [SourceSpec(s) for s in args.source]
     if args.sources is not None:
         specs += load_sources(args.sources)

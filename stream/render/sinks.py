@@ -99,4 +99,19 @@ class SourceSinks:
                 if w is not None:
                     w.close()
         finally:
-            self.summary.outputs = [w.path for w in (self.writer, self.events) if w is not None]
+            # An output without a frame is not published (an earlier file of that name stays): not "wrote".
+            self.summary.outputs = [w.path for w in (self.writer, self.events) if w is not None and w.published]
+
+    def abort(self) -> None:
+        """End after a failure (idempotent): nothing is published.
+
+        An earlier file with an output's name stays as it was; the frames written so
+        far stay in the output's partial file (see :mod:`stream.render.outputs`).
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.summary.wall_s = time.perf_counter() - self._t_start
+        for w in (self.writer, self.events):
+            if w is not None:
+                w.abort()
