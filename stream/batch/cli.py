@@ -65,7 +65,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     providers = [s.strip().lower() for s in args.providers.split(",") if s.strip()] if args.providers else None
-    config = config.with_overrides({"classifier.model": args.model, "detector.model": args.detector,
+    # Absolute: Ray workers run in another folder.
+    model, detector = (p.absolute() if p is not None else None for p in (args.model, args.detector))
+    config = config.with_overrides({"classifier.model": model, "detector.model": detector,
                                     "runtime.providers": providers})
     options = BatchOptions(video=args.video, csv=args.csv, parallel=args.parallel, progress=not args.no_progress,
                            max_frames=args.max_frames, ray=args.ray, workers=args.workers,

@@ -314,7 +314,7 @@ def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, option
     from stream.batch.dataset import combine, require_pyarrow
 
     require_pyarrow()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()  # Ray workers run in another folder: never hand them a relative path
     config = config.with_overrides({"output.video": options.video, "output.events": True,
                                     "output.progress": False, "output.dir": out_dir})
     interrupt = options.interrupt or threading.Event()
