@@ -212,6 +212,35 @@ def test_sigkilled_job_resumes_without_redoing_or_duplicating(clips: dict[str, P
     assert not list(out.rglob("*.partial*")) and not list(out.rglob("*.recovered*"))
 
 
+def test_ctrl_c_exits_130_and_keeps_the_finished_inputs(clips: dict[str, Path], tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for i in range(6):
+        _cut(clips["vga"], src / f"clip{i}.mp4", 120)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "stream", "batch", str(src), "--out", str(out), "--parallel", "1", "--no-progress"]
+    job = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not _markers(out):
+            assert job.poll() is None, "the job ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no input finished in 90 s"
+            time.sleep(0.02)
+        job.send_signal(signal.SIGINT)
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    assert job.returncode == 130, stderr
+    assert "Traceback" not in stderr and "run the same command again" in stderr
+    report = _report(out)
+    kept = len(_markers(out))
+    assert 1 <= kept < 6 and report["done"] == kept
+    assert len(report["interrupted"]) + report["not_started"] == 6 - kept
+    faces = pd.read_parquet(out / "faces.parquet")  # the finished inputs' rows, each once
+    assert faces.groupby("source").size().tolist() == [120] * kept
+
+
 # --- Ray ---------------------------------------------------------------------------------------------
 
 
