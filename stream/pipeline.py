@@ -304,14 +304,14 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
                     raise item.error
                 break
             else:
-                _end_source(sinks[item.source_id], item)
+                _end_source(sinks[item.source_id], item, others=len(sinks) > 1)
                 for observer in observers:
                     observer.on_source_end(sinks[item.source_id].summary)
     finally:
         progress.close()
 
 
-def _end_source(sink: SourceSinks, marker: EndOfStream | StageError) -> None:
+def _end_source(sink: SourceSinks, marker: EndOfStream | StageError, *, others: bool = True) -> None:
     """One source ended: finalise its outputs now; a failure is kept in its summary, the others go on.
 
     A source that dies mid-run (a camera past its reconnect budget) still publishes what it
@@ -323,7 +323,8 @@ def _end_source(sink: SourceSinks, marker: EndOfStream | StageError) -> None:
         if not isinstance(err, StreamError):
             raise err  # a bug, not a bad source: stop everything
         sink.summary.error = err
-        log.warning("source %s failed: %s", sink.summary.source, err)
+        if others:  # the others go on: say it now; a lone source's error is the run's one error line
+            log.warning("source %s failed: %s", sink.summary.source, err)
     else:
         sink.summary.warning = marker.warning
     sink.close()

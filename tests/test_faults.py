@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -300,3 +300,80 @@ def test_sigterm_during_start_up_exits_130(delay_s: float, clips: dict[str, Path
     assert not partial_path(out).exists() and not partial_path(ev).exists()
     lines = len(read_events(ev)) if ev.exists() else 0
     assert (count_frames(out) if out.exists() else 0) == lines
+
+
+# --- network: HTTP video files, credentials off the command line --------------------------------------------
+
+
+@pytest.fixture
+def http_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served by ``python -m http.server`` on 127.0.0.1 (a subprocess): (folder, base URL)."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "-d",
+                             str(folder)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # "Serving HTTP on 127.0.0.1 port 41234 (...) ..."
+        port = int(line.split(" port ")[1].split()[0])
+        yield folder, f"http://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_http_video_file_is_read_to_the_end(http_folder: tuple[Path, str], clips: dict[str, Path],
+                                            tmp_path: Path) -> None:
+    folder, base = http_folder
+    _copy(clips["whole"], folder / "clip.mp4")  # index first: Python's server ignores Range requests
+    ev = tmp_path / "ev.jsonl"
+    proc = run_cli("run", f"{base}/clip.mp4", "--output", str(tmp_path / "o.mp4"), "--events", str(ev),
+                   "--no-display", "--no-progress", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [e["frame"] for e in read_events(ev)] == list(range(120))
+    assert count_frames(tmp_path / "o.mp4") == 120
+
+
+def test_http_video_file_that_cannot_be_read_says_why(http_folder: tuple[Path, str], clips: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    folder, base = http_folder
+    _copy(clips["vga"], folder / "clip.mp4")  # index at the end, and a server that cannot seek to it
+    proc = run_cli("run", f"{base}/clip.mp4", "--output", str(tmp_path / "o.mp4"), "--no-display",
+                   "--no-progress", timeout=60)
+    assert_one_error_line(proc, "Range", "faststart")
+    missing = run_cli("run", f"{base}/missing.mp4", "--output", str(tmp_path / "o.mp4"), "--no-display", timeout=60)
+    assert_one_error_line(missing, "missing.mp4", "could not be opened")
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "expected"),
+    [
+        ("rtsp://cam@10.0.0.5/s", {"EMOSTREAM_PASSWORD": "pw"}, "rtsp://cam:pw@10.0.0.5/s"),
+        ("rtsp://cam@10.0.0.5:8554/s", {"EMOSTREAM_PASSWORD": "pw", "EMOSTREAM_PASSWORD_10_0_0_5": "host"},
+         "rtsp://cam:host@10.0.0.5:8554/s"),
+        ("rtsp://cam@door.local/s", {"EMOSTREAM_PASSWORD_DOOR_LOCAL": "p@ss:w"}, "rtsp://cam:p@ss:w@door.local/s"),
+        ("rtsp://cam:given@10.0.0.5/s", {"EMOSTREAM_PASSWORD": "pw"}, "rtsp://cam:given@10.0.0.5/s"),
+        ("rtsp://10.0.0.5/s", {"EMOSTREAM_PASSWORD": "pw"}, "rtsp://10.0.0.5/s"),
+        ("rtsp://cam@10.0.0.5/s", {}, "rtsp://cam@10.0.0.5/s"),
+    ],
+    ids=["fallback", "per-host-wins", "special-characters", "url-has-one", "no-user", "no-variable"],
+)
+def test_password_from_the_environment(url: str, env: dict[str, str], expected: str) -> None:
+    from stream.capture.credentials import with_password
+
+    assert with_password(url, env) == expected
+
+
+def test_rtsp_password_from_the_environment_not_the_command_line(rtsp_server, tmp_path: Path) -> None:
+    password = "Env-s3cret"
+    camera = rtsp_server(args=("--testsrc", "--size", "320x240", "--fps", "30"), user="viewer", password=password)
+    url = f"rtsp://viewer@127.0.0.1:{camera.port}{camera.path}"  # what `ps` shows: no password
+    ev = tmp_path / "ev.jsonl"
+    env = {**os.environ, "EMOSTREAM_PASSWORD_127_0_0_1": password}
+    proc = run_cli("run", url, "--events", str(ev), "--output", str(tmp_path / "o.mp4"), "--max-seconds", "2",
+                   "--no-display", "--no-progress", timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(read_events(ev)) >= 10
+    assert password not in proc.stderr + ev.read_text()
+    wrong = run_cli("run", url, "--events", str(ev), "--max-seconds", "2", "--no-display", timeout=60,
+                    env={**os.environ, "EMOSTREAM_PASSWORD": "wrong"})
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr

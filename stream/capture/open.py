@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stream.capture.credentials import with_password
 from stream.capture.live import LiveSource, is_stream_url
 from stream.capture.paced import PacedFileSource
-from stream.capture.sources import FileSource, FrameSource, ImageSource, is_image_file
+from stream.capture.sources import FileSource, FrameSource, ImageSource, RemoteFileSource, is_image_file, is_remote_file
 from stream.config import CaptureConfig
 
 __all__ = ["open_source"]
@@ -15,8 +16,10 @@ __all__ = ["open_source"]
 def open_source(spec: str, config: CaptureConfig, *, paced: bool = False) -> FrameSource:
     """Make and open the source that ``spec`` names.
 
-    Digits are a webcam index, ``scheme://...`` a network stream (both :class:`LiveSource`);
-    anything else a file: a still image when OpenCV reads it as one, else a video.
+    Digits are a webcam index, ``scheme://...`` a network stream (both :class:`LiveSource`),
+    except an ``http(s)://`` URL naming a video file (:class:`RemoteFileSource`, read to its end);
+    anything else a file: a still image when OpenCV reads it as one, else a video. A URL with a
+    user name and no password gets its password from the environment (:mod:`stream.capture.credentials`).
 
     Args:
         spec: A video or image path, a webcam index (``"0"``) or a stream URL.
@@ -29,8 +32,11 @@ def open_source(spec: str, config: CaptureConfig, *, paced: bool = False) -> Fra
     source: FrameSource
     if spec.isdigit():
         source = LiveSource(int(spec), config)
+    elif is_remote_file(spec):  # http(s)://.../clip.mp4: a file, read to its end
+        source = RemoteFileSource(with_password(spec), config.open_timeout_s, config.read_timeout_s,
+                                  config.max_image_pixels)
     elif is_stream_url(spec):
-        source = LiveSource(spec, config)
+        source = LiveSource(with_password(spec), config)
     else:
         path = Path(spec)
         limit = config.max_image_pixels

@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -19,8 +20,10 @@ import numpy as np
 from stream.capture.imagesize import image_size_wh
 from stream.config import DEFAULT_MAX_IMAGE_PIXELS, file_kind
 from stream.errors import SourceError
+from stream.redact import redact_url
 
-__all__ = ["FileSource", "FrameSource", "ImageSource", "is_image_file", "to_bgr"]
+__all__ = ["FileSource", "FrameSource", "ImageSource", "RemoteFileSource", "is_image_file", "is_remote_file",
+           "to_bgr"]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ def _check_readable(path: Path, what: str) -> None:
         raise SourceError(f"{what} '{path}' could not be opened: the file is empty")
 
 
-def _check_pixels(what: str, path: Path, size_wh: tuple[int, int], max_pixels: int) -> None:
+def _check_pixels(what: str, path: Path | str, size_wh: tuple[int, int], max_pixels: int) -> None:
     if size_wh[0] * size_wh[1] > max_pixels:
         raise SourceError(f"{what} '{path}' is {size_wh[0]}x{size_wh[1]} = {size_wh[0] * size_wh[1]:,} pixels, "
                           f"more than capture.max_image_pixels ({max_pixels:,})")
@@ -134,17 +137,20 @@ class FileSource:
 
     def open(self) -> None:
         _check_readable(self.path, "source")
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        self._open_capture(str(self.path), [])
+
+    def _open_capture(self, target: str, params: list[int]) -> None:
+        cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"source '{self.path}' could not be opened: not a video OpenCV can decode")
+            raise SourceError(f"source '{self.name}' could not be opened: not a video OpenCV can decode")
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         if width <= 0 or height <= 0:
             cap.release()
-            raise SourceError(f"source '{self.path}' could not be opened: no video stream in it")
+            raise SourceError(f"source '{self.name}' could not be opened: no video stream in it")
         try:
-            _check_pixels("source", self.path, (width, height), self.max_pixels)
+            _check_pixels("source", self.name, (width, height), self.max_pixels)
         except SourceError:
             cap.release()
             raise
@@ -178,6 +184,49 @@ class FileSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+def is_remote_file(spec: str) -> bool:
+    """True for an ``http(s)://`` URL of a video *file* (``.mp4``, ``.mkv`` ...), not of a live stream."""
+    parts = urlsplit(spec)
+    return parts.scheme.lower() in ("http", "https") and _looks_like_video(Path(parts.path))
+
+
+class RemoteFileSource(FileSource):
+    """A video file served over HTTP(S), read to its end like a local file: every frame, no reconnects.
+
+    A camera's HTTP stream (MJPEG, no file name) stays a live source; a URL whose path
+    names a video file (``.../clip.mp4``) is this.
+
+    Args:
+        url: The URL (a password in it never reaches a message: the name is redacted).
+        open_timeout_s: Give up connecting after this long.
+        read_timeout_s: Give up when the server stops sending for this long.
+        max_pixels: Frame size limit (``capture.max_image_pixels``).
+    """
+
+    def __init__(self, url: str, open_timeout_s: float, read_timeout_s: float,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        super().__init__(Path(urlsplit(url).path), max_pixels)
+        self.url = url
+        self.path = None  # type: ignore[assignment]  # not a local file: nothing to protect from outputs
+        self.name = redact_url(url)
+        self._timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
+                          cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000)]
+
+    def open(self) -> None:
+        self._open_capture(self.url, self._timeouts)
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        try:
+            return super().read()
+        except SourceError as err:
+            if self._read:
+                raise
+            # The usual cause: the index (moov) is at the end and the server ignores HTTP Range requests.
+            raise SourceError(f"{err}; over HTTP this happens when the server cannot seek (no Range "
+                              f"requests) and the file's index is at its end: serve it from a server "
+                              f"with Range support or remux it with -movflags +faststart") from None
 
 
 class ImageSource:
