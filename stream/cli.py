@@ -4,6 +4,7 @@
                   [--display/--no-display] [--max-frames N] [--max-seconds S]
     emostream report EVENTS.jsonl [--out DIR] [--video PATH] [--config PATH]
     emostream batch INPUTS... --out DIR [--video] [--csv] [--parallel N] [--ray [ADDRESS]]
+    emostream serve [SOURCE...] [--sources FILE.yaml] [--host 127.0.0.1] [--port N]   (serve extra)
     emostream train | evaluate | export ...     (training extra)
     emostream bench ...                         (benchmarks/fps.py)
 
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stream.batch.cli import register as register_batch  # emostream batch (pyarrow, ray: only when it runs)
 
     register_batch(sub)
+    from stream.serve.cli import register as register_serve  # emostream serve (starlette, uvicorn: when it runs)
+
+    register_serve(sub)
     return parser
 
 
