@@ -14,6 +14,7 @@ job, so a resumed job has every row exactly once. pyarrow is imported here only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -192,11 +193,11 @@ def combine(parts: Iterable[Path], videos: list[dict[str, Any]], labels: Sequenc
         final, tmp = out_dir / f"{kind}.parquet", out_dir / f".{kind}.parquet.tmp"
         final_csv, tmp_csv = out_dir / f"{kind}.csv", out_dir / f".{kind}.csv.tmp"
         with pq.ParquetWriter(tmp, schema) as writer, \
-                (pcsv.CSVWriter(tmp_csv, schema) if csv else _Nothing()) as csv_writer:
+                (pcsv.CSVWriter(tmp_csv, schema) if csv else contextlib.nullcontext()) as csv_writer:
             for part in parts:
                 table = pq.read_table(part_files(part)[0 if kind == FACES else 1], schema=schema)
                 writer.write_table(table)
-                if csv:
+                if csv_writer is not None:
                     csv_writer.write_table(table)
                 rows += table.num_rows
         os.replace(tmp, final)
@@ -216,11 +217,3 @@ def combine(parts: Iterable[Path], videos: list[dict[str, Any]], labels: Sequenc
         os.replace(out_dir / f".{VIDEOS}.csv.tmp", out_dir / f"{VIDEOS}.csv")
         written[f"{VIDEOS}_csv"] = out_dir / f"{VIDEOS}.csv"
     return written
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -105,6 +105,7 @@ def find_inputs(args: Sequence[str], exclude: Path | None = None) -> tuple[list[
     warnings: list[str] = []
     for arg in args:
         path = Path(arg).expanduser()
+        entries: list[tuple[str, Path | None]]
         if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
             entries = [(e, path) for e in _read_list(path)]
         else:

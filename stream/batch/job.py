@@ -221,8 +221,8 @@ def process_group(items: Sequence[InputFile], out_dir: Path, config: Config, mod
     seconds = (time.perf_counter() - t0) / len(items)
     outcomes = []
     for item, spec, summary, image in zip(items, specs, summaries, images, strict=True):
-        common = {"key": item.key, "rel": item.rel, "frames": summary.frames_processed, "faces": summary.faces,
-                  "seconds": seconds}
+        common: dict[str, Any] = {"key": item.key, "rel": item.rel, "frames": summary.frames_processed,
+                                  "faces": summary.faces, "seconds": seconds}
         if summary.interrupted:
             outcomes.append(Outcome(status=INTERRUPTED, **common))
             continue
