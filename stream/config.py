@@ -99,10 +99,14 @@ class ClassifierConfig:
         model: The ONNX file.
         uncertain_below: A face whose top probability is below this is labelled
             ``uncertain`` in the video, the event log and the summary (0: off).
+        align: ``eyes``: turn each crop so BlazeFace's eye keypoints lie level (on
+            faces rolled 20-30 degrees, +2.5 to +9.5 points of FERPlus accuracy, none
+            lost upright: ``benchmarks/alignment.py``); ``off``: upright box crops.
     """
 
     model: Path = MODELS_DIR / "emotion_minixception.onnx"
     uncertain_below: float = 0.0
+    align: Literal["eyes", "off"] = "eyes"
 
     def validate(self, key: str) -> None:
         _unit_interval(self, key, "uncertain_below")
@@ -156,7 +160,7 @@ class OutputConfig:
     dir: Path = Path("out")
     video: bool = True
     events: bool = True
-    codec: str = "h264"
+    codec: str = "mpeg4"
     probability_bars: bool = True
     fps_overlay: bool = True
     progress: bool = True

@@ -6,11 +6,12 @@ file of the same name. Both are idempotent, so the pipeline's ``finally``
 leaves a playable video and a complete log whatever happened. A write error
 (full disk, ``/dev/full``) raises :class:`OutputError` at once.
 
-The default video codec (``output.codec: h264``) is H.264 in *fragmented* MP4
-through PyAV: the file is a header followed by self-contained fragments of one
-second each, so a run killed without warning (SIGKILL, power cut) leaves a
-partial file that plays up to its last whole fragment. OpenCV FourCCs (``mp4v``
-...) are still accepted; their MP4 index is written only at the end.
+The video codecs ``mpeg4`` (the default: MPEG-4 Part 2, today's mp4v codec, the
+cheapest per frame) and ``h264`` (plays in browsers) are written through PyAV as
+*fragmented* MP4: a header followed by self-contained fragments of one second
+each, so a run killed without warning (SIGKILL, power cut) leaves a partial file
+that plays up to its last whole fragment. OpenCV FourCCs (``mp4v`` ...) are still
+accepted; their MP4 index is written only at the end. Costs: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _text_path(path: Path, what: str, final: Path) -> str:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise OutputError(f"{what} {str(final)!a}: the name is not valid UTF-8, which OpenCV cannot "
-                          f"write (rename it, or use output.codec h264)") from None
+                          f"write (rename it, or use output.codec mpeg4)") from None
     return text
 
 
@@ -107,7 +108,7 @@ class _AvWriter:
             # A keyframe (so a fragment) every second: a crash loses at most the last second.
             stream.codec_context.gop_size = max(1, round(float(rate)))
             if codec == "h264":
-                # ultrafast: ~1.7 ms per 640x480 frame here, cheaper than OpenCV's mp4v (benchmarks/RESULTS.md).
+                # ultrafast: about the CPU cost of OpenCV's mp4v at 640x480 (benchmarks/RESULTS.md).
                 stream.options = {"preset": "ultrafast", "crf": "23"}
             else:
                 stream.codec_context.bit_rate = int(self._enc_wh[0] * self._enc_wh[1] * float(rate) * 0.2)
@@ -203,7 +204,7 @@ class VideoRecorder:
             does not fit the container.
     """
 
-    def __init__(self, path: Path, size_wh: tuple[int, int], fps: float, codec: str = "h264") -> None:
+    def __init__(self, path: Path, size_wh: tuple[int, int], fps: float, codec: str = "mpeg4") -> None:
         self._target = OutputFile(path, "output video")
         self.path = self._target.path
         self.size_wh = size_wh
