@@ -16,6 +16,7 @@ from stream.errors import SourceError
 from stream.infer import EmotionClassifier, FaceDetector
 from stream.pipeline import Models, RunOptions, run
 from stream.records import EndOfStream, Frame, StageError
+from stream.render.outputs import partial_path
 from tests.conftest import REPO
 
 
@@ -122,6 +123,10 @@ def test_inference_error_stops_everything_and_reaches_the_caller(models: Models,
         run(str(clips["vga601"]), config, RunOptions(output=out, events=ev, display=False), broken)
     assert time.monotonic() - t0 < 20
     assert not [t.name for t in threading.enumerate() if t.name in ("capture", "inference")]  # both ended
+    # A failed run publishes nothing (an earlier file with those names would stay as it was): what it
+    # wrote is finalised under the partial names.
+    assert not out.exists() and not ev.exists()
+    out, ev = partial_path(out), partial_path(ev)
     written = len(ev.read_text().splitlines())
     assert 2 <= written <= 8  # two good batches of up to four frames, then the error
     cap = cv2.VideoCapture(str(out))
@@ -132,7 +137,8 @@ def test_inference_error_stops_everything_and_reaches_the_caller(models: Models,
 
 
 def test_max_frames_and_interrupt(models: Models, clips: dict[str, Path], tmp_path: Path) -> None:
-    config = Config().with_overrides({"output.progress": False})
+    # output.dir: the run below without --output must not write into the repository's out/.
+    config = Config().with_overrides({"output.progress": False, "output.dir": tmp_path})
     summary = run(str(clips["vga"]), config, RunOptions(output=tmp_path / "a.mp4", events=tmp_path / "a.jsonl",
                                                         display=False, max_frames=17), models)
     assert summary.frames_processed == 17 and len((tmp_path / "a.jsonl").read_text().splitlines()) == 17
