@@ -101,12 +101,13 @@ class ClassifierConfig:
             ``uncertain`` in the video, the event log and the summary (0: off).
         align: ``eyes``: turn each crop so BlazeFace's eye keypoints lie level (on
             faces rolled 20-30 degrees, +2.5 to +9.5 points of FERPlus accuracy, none
-            lost upright: ``benchmarks/alignment.py``); ``off``: upright box crops.
+            lost upright: ``benchmarks/alignment.py``); ``none``: upright box crops (not
+            ``off``, which YAML reads as false).
     """
 
     model: Path = MODELS_DIR / "emotion_minixception.onnx"
     uncertain_below: float = 0.0
-    align: Literal["eyes", "off"] = "eyes"
+    align: Literal["eyes", "none"] = "eyes"
 
     def validate(self, key: str) -> None:
         _unit_interval(self, key, "uncertain_below")

@@ -98,7 +98,8 @@ def load_models(config: Config) -> Models:
                                       buckets=BatchBuckets.for_batch(rt.batch_size, bucketed))
     classifier = EmotionClassifier.from_path(config.classifier.model, rt.providers, rt.intra_op_threads,
                                              provider_opts=opts, uint8_input=uint8,
-                                             buckets=BatchBuckets.for_batch(4 * rt.batch_size, bucketed))
+                                             buckets=BatchBuckets.for_batch(4 * rt.batch_size, bucketed),
+                                             align=config.classifier.align)
     detector.warm_up((1, rt.batch_size))
     classifier.warm_up((1, 4))
     return Models(detector, classifier)

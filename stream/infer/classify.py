@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -14,7 +16,7 @@ from stream.contract import CONTRACT_KEY, Color, ModelContract
 from stream.errors import ModelError
 from stream.infer.session import BatchBuckets, create_session
 
-__all__ = ["CropSpec", "EmotionClassifier", "crop_faces"]
+__all__ = ["CropSpec", "EmotionClassifier", "crop_faces", "eye_roll_deg"]
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,18 @@ class CropSpec:
     crop_offset_y: float = 0.0
 
 
-def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract: ModelContract | CropSpec
-               ) -> list[np.ndarray]:
+def eye_roll_deg(keypoints_xy: np.ndarray) -> float:
+    """The roll of a face from its BlazeFace keypoints: the eye line's angle in degrees.
+
+    0 for an upright face; positive when the subject's left eye (on the image's right)
+    sits lower, i.e. the face is turned clockwise on screen (image y points down).
+    """
+    dx, dy = (float(v) for v in keypoints_xy[1] - keypoints_xy[0])
+    return math.degrees(math.atan2(dy, dx))
+
+
+def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract: ModelContract | CropSpec,
+               roll_deg: Sequence[float] | None = None) -> list[np.ndarray]:
     """Cut each face as the model expects: a square around the box grown by the margin.
 
     The square's centre is the box centre moved down by ``crop_offset_y`` box sides.
@@ -36,12 +48,20 @@ def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract
     One affine warp per face does the crop and the resize together; pixels beyond the
     frame edge repeat the edge, so a face cut by the border still fills the crop.
 
+    Args:
+        image_bgr: The frame.
+        boxes_xyxy: Face boxes in frame pixels.
+        contract: The model's crop rule.
+        roll_deg: Per face, the eye line's angle (:func:`eye_roll_deg`); the square is
+            turned about its centre by it, so the eyes come out level, and the offset
+            is taken along the face's own vertical. None: upright squares.
+
     Returns:
         uint8 crops of the contract's size, HxW (gray) or HxWx3 in the contract's colour order.
     """
     out_w, out_h = contract.input_size_wh
     crops = []
-    for box in boxes_xyxy:
+    for k, box in enumerate(boxes_xyxy):
         x1, y1, x2, y2 = (float(v) for v in box)
         box_side = max(x2 - x1, y2 - y1, 1.0)
         cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0 + contract.crop_offset_y * box_side
@@ -50,6 +70,8 @@ def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract
         left, top = cx - side / 2.0, cy - side * out_h / out_w / 2.0
         # Pixel centres map as in cv2.resize of the crop: dst + 0.5 = (src + 0.5 - left) * s.
         warp = np.array([[s, 0.0, (0.5 - left) * s - 0.5], [0.0, s, (0.5 - top) * s - 0.5]], np.float32)
+        if roll_deg is not None and roll_deg[k] != 0.0:
+            warp = _rolled_warp(warp, (x1 + x2) / 2.0, (y1 + y2) / 2.0, math.radians(roll_deg[k]))
         crop = cv2.warpAffine(image_bgr, warp, (out_w, out_h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
         if contract.color == "gray":
@@ -60,6 +82,25 @@ def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract
     return crops
 
 
+def _rolled_warp(warp: np.ndarray, px: float, py: float, roll: float) -> np.ndarray:
+    """``warp`` applied after turning the frame by ``-roll`` about the box centre ``(px, py)``.
+
+    In frame coordinates with pixel centres at ``p + 0.5``, the turn maps ``P`` to
+    ``A (P - c) + c`` with ``A`` the rotation by ``-roll``; the upright crop's warp then
+    applies. Composed, still one affine map.
+    """
+    cos, sin = math.cos(roll), math.sin(roll)
+    a = np.array([[cos, sin], [-sin, cos]])
+    c = np.array([px, py])
+    s = float(warp[0, 0])
+    t = warp[:, 2].astype(np.float64) + 0.5 - 0.5 * s  # the upright map as dst + 0.5 = s * P + t
+    turned_t = s * (c - a @ c) + t  # dst + 0.5 = s * A P + turned_t
+    out = np.empty((2, 3), np.float32)
+    out[:, :2] = s * a
+    out[:, 2] = turned_t + s * a @ np.array([0.5, 0.5]) - 0.5
+    return out
+
+
 class EmotionClassifier:
     """An ONNX emotion classifier that carries an emostream contract in its metadata.
 
@@ -67,14 +108,17 @@ class EmotionClassifier:
         session: ONNX Runtime session.
         contract: How to feed the model and read its output.
         name: Where the model came from, for messages.
+        align: ``eyes``: crops are turned so the face's eye keypoints lie level
+            (:func:`crop_faces` ``roll_deg``); ``none``: upright box crops.
 
     Raises:
         ModelError: The model's input or output does not match its contract.
     """
 
     def __init__(self, session: ort.InferenceSession, contract: ModelContract, name: str = "classifier", *,
-                 buckets: BatchBuckets | None = None) -> None:
+                 buckets: BatchBuckets | None = None, align: Literal["eyes", "none"] = "none") -> None:
         self.session = session
+        self.align = align
         self.buckets = buckets or BatchBuckets()
         self.contract = contract
         self.labels = contract.labels
@@ -103,7 +147,7 @@ class EmotionClassifier:
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0, *,
                   provider_opts: dict[str, dict[str, str]] | None = None, buckets: BatchBuckets | None = None,
-                  uint8_input: bool = False) -> EmotionClassifier:
+                  uint8_input: bool = False, align: Literal["eyes", "none"] = "none") -> EmotionClassifier:
         """Load a classifier and its contract.
 
         Raises:
@@ -120,7 +164,7 @@ class EmotionClassifier:
         if uint8_input:  # now that the contract says how to normalise: into the graph
             session = create_session(path, providers, threads, what="classifier", provider_opts=provider_opts,
                                      uint8_normalize=(contract.normalize_scale, contract.normalize_offset))
-        return cls(session, contract, name=str(path), buckets=buckets)
+        return cls(session, contract, name=str(path), buckets=buckets, align=align)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run once per batch size (every bucket, with buckets) so the first real faces are not slow."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from stream.infer.classify import EmotionClassifier, crop_faces
+from stream.infer.classify import EmotionClassifier, crop_faces, eye_roll_deg
 from stream.infer.detect import Detection, FaceDetector
 from stream.records import EndOfStream, Face, Frame, FrameResult, StageError
 from stream.track import IouTracker
@@ -158,7 +158,8 @@ def infer_batch(frames: list[Frame], detector: FaceDetector, classifier: Emotion
     found = detector.detect([f.image_bgr for f in frames]) if detections is None else detections
     crops: list[np.ndarray] = []
     for frame, dets in zip(frames, found, strict=True):
-        crops.extend(crop_faces(frame.image_bgr, [d.box_xyxy for d in dets], classifier.contract))
+        rolls = [eye_roll_deg(d.keypoints_xy) for d in dets] if classifier.align == "eyes" else None
+        crops.extend(crop_faces(frame.image_bgr, [d.box_xyxy for d in dets], classifier.contract, rolls))
     probs = classifier.classify(np.stack(crops)) if crops else np.zeros((0, len(classifier.labels)), np.float32)
     results = []
     k = 0
