@@ -351,6 +351,8 @@ def _coerce(tp: Any, raw: Any, key: str, origin: str) -> Any:
         return build_dataclass(tp, raw, key, origin=origin)  # type: ignore[arg-type]
     org, args = get_origin(tp), get_args(tp)
     if org is Literal:
+        if isinstance(raw, bool) and {"on", "off"} <= set(args):
+            return "on" if raw else "off"  # YAML 1.1 reads an unquoted on/off as true/false
         if raw in args and type(raw) is type(next(a for a in args if a == raw)):
             return raw
         raise ConfigError(f"{origin}: '{key}' must be one of {', '.join(map(repr, args))}, got {raw!r}")

@@ -66,3 +66,10 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     cfg = tmp_path / "empty.yaml"
     cfg.write_text("# nothing\n")
     assert load_config(cfg) == Config()
+
+
+def test_unquoted_on_off_read_as_the_words(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("runtime:\n  batch_buckets: off\n  uint8_input: on\noutput:\n  display: off\n")
+    config = load_config(path)
+    assert (config.runtime.batch_buckets, config.runtime.uint8_input, config.output.display) == ("off", "on", "off")
