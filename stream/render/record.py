@@ -102,7 +102,7 @@ class _AvWriter:
             options = {"movflags": _FRAGMENTED} if fmt in ("mp4", "mov") else {}
             self._container: Any = av.open(self._file, mode="w", format=fmt, options=options)
             rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(30)
-            stream = self._container.add_stream(PYAV_CODECS[codec], rate=rate)
+            stream: Any = self._container.add_stream(PYAV_CODECS[codec], rate=rate)  # a VideoStream
             stream.width, stream.height = self._enc_wh
             stream.pix_fmt = "yuv420p"
             # A keyframe (so a fragment) every second: a crash loses at most the last second.
@@ -122,7 +122,8 @@ class _AvWriter:
             pad_w, pad_h = self._enc_wh[0] - image_bgr.shape[1], self._enc_wh[1] - image_bgr.shape[0]
             image_bgr = cv2.copyMakeBorder(image_bgr, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
         # OpenCV's colour conversion is cheaper than FFmpeg's swscale from bgr24 (1.7 vs 2.4 ms per frame).
-        frame = self._av.VideoFrame.from_ndarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+        yuv: Any = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2YUV_I420)  # uint8, (h * 3/2, w)
+        frame = self._av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         self._mux(frame)
 
     def _mux(self, frame: Any) -> None:
