@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.rtsp_fixtures import RtspServer
@@ -203,6 +206,23 @@ def test_loopback_needs_no_token_refuses_other_hosts_and_ctrl_c_finalises(
     status, body = http(server.url("/api/events?since=0&limit=3"))
     assert status == 200 and len(json.loads(body)["events"]) <= 3
     assert http(server.url("/api/sources/7/status"))[0] == 404
+    # A client that stops reading its stream, and one that vanishes mid-stream, do not slow the pipeline.
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", server.port))
+    stalled.sendall(b"GET /stream/0.mjpg?fps=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port)) as vanished:
+        vanished.sendall(b"GET /stream/0.mjpg?fps=30 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert vanished.recv(100).startswith(b"HTTP/1.1 200")
+        vanished.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    try:
+        start = json.loads(http(server.url("/api/sources/0/status"))[1])["frames_processed"]
+        t0 = time.monotonic()
+        while json.loads(http(server.url("/api/sources/0/status"))[1])["frames_processed"] < start + 150:
+            assert time.monotonic() - t0 < 15, "the pipeline slowed down while a client stalled"
+            time.sleep(0.2)  # polling another process's counter
+    finally:
+        stalled.close()
     assert http(server.url("/api/events?since=x"))[0] == 400
     assert server.interrupt() == 130, server.stderr()
     err = server.stderr()
@@ -211,6 +231,38 @@ def test_loopback_needs_no_token_refuses_other_hosts_and_ctrl_c_finalises(
     lines = log.read_text().splitlines()
     assert lines and all(json.loads(line)["source"].endswith("carphone_640x480.mp4") for line in lines)
     assert (tmp_path / "out" / "carphone_640x480.annotated.mp4").stat().st_size > 0
+
+
+def test_dashboard_keeps_the_newest_frame_a_bounded_ring_and_encodes_each_frame_once(
+        face_image: np.ndarray) -> None:
+    from stream.records import Face, Frame, FrameResult
+    from stream.serve import Dashboard
+    from stream.summary import RunSummary
+
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    dash = Dashboard(labels, ["rtsp://admin:hunter2@10.0.0.5/live", "b"], ring=5)
+    summaries = [RunSummary("rtsp://admin:***@10.0.0.5/live", 0), RunSummary("b.mp4", 1)]
+    dash.on_start(summaries)
+    assert dash.jpeg(0) == (-1, b"") and dash.status(0)["connected"] is False
+    for i in range(12):
+        sid = i % 2
+        probs = np.eye(len(labels), dtype=np.float32)[i % len(labels)]
+        face = Face(np.array([10.0, 10.0, 60.0, 60.0]), 0.9, probs, id=3)
+        summaries[sid].frames_processed += 1
+        dash.on_result(FrameResult(Frame(summaries[sid].source, 2 * i, i / 30, 0.0, face_image.copy(), sid), [face],
+                                   0.004), summaries[sid])
+    assert [e["seq"] for e in dash.events_since(0)] == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # 5 kept per source
+    assert [e["seq"] for e in dash.events_since(9, source_id=1)] == [10, 12]
+    assert [e["seq"] for e in dash.events_since(0, limit=2)] == [11, 12]
+    assert dash.events_since(0)[-1]["faces"][0]["label"] == labels[11 % len(labels)]
+    seq, jpeg = dash.jpeg(1)
+    assert seq == 6 and jpeg.startswith(b"\xff\xd8")
+    assert dash.jpeg(1)[1] is jpeg  # encoded once for however many clients
+    status = dash.status(1)
+    assert status["connected"] and status["frames_processed"] == 6 and status["frames_dropped"] == 23 - 6  # 0..22 read
+    assert "hunter2" not in json.dumps([dash.source_info(s) for s in dash.sources]) + dash.names[0]
+    dash.on_source_end(summaries[0])
+    assert dash.status(0)["ended"] and not dash.status(0)["connected"]
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

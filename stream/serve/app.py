@@ -25,7 +25,6 @@ import json
 import threading
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any
 from urllib.parse import parse_qs
 
 from anyio import to_thread
@@ -33,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stream.serve.state import Dashboard
 
@@ -74,7 +73,7 @@ class _Guard:
             await response(scope, receive, send)
             return
 
-        async def send_with_headers(message: dict[str, Any]) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
             await send(message)
