@@ -2,6 +2,7 @@
 
     emostream run [SOURCE] [--output PATH] [--events PATH] [--config PATH] [--model PATH]
                   [--display/--no-display] [--max-frames N] [--max-seconds S]
+                  [--ray [ADDRESS] [--sources-per-worker N]]   (camera fleets, ray extra)
     emostream report EVENTS.jsonl [--out DIR] [--video PATH] [--config PATH]
     emostream batch INPUTS... --out DIR [--video] [--csv] [--parallel N] [--ray [ADDRESS]]
     emostream serve [SOURCE...] [--sources FILE.yaml] [--host 127.0.0.1] [--port N]   (serve extra)
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--report", action="store_true",
                      help="also write the HTML report (and PNGs) to <name>.report/ beside the event log")
+    run.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="camera fleet: the sources run on Ray actors (the cluster at ADDRESS, else RAY_ADDRESS, "
+                          "else a local Ray); event logs and health gathered here; no annotated video")
+    run.add_argument("--sources-per-worker", type=positive_int, default=4, metavar="N",
+                     help="with --ray: sources per Ray actor, one batched pipeline each (default 4)")
     run.set_defaults(func=_cmd_run)
 
     report = sub.add_parser("report", help="HTML report and PNGs of a finished run, from its event log",
@@ -152,6 +158,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          max_seconds=args.max_seconds, interrupt=_INTERRUPT)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    if args.ray is not None:  # a camera fleet on Ray actors (ray extra): stream/fleet.py
+        from stream.fleet import run_fleet_command
+
+        return run_fleet_command(args, config, specs, options)
     summaries = Pipeline(specs, config, options).run()
     if len(summaries) == 1 and summaries[0].error is not None:
         raise summaries[0].error  # one source: its failure is the run's error. Several: named below.

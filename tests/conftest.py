@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -84,3 +85,17 @@ def run_cli(*args: str, timeout: float = 120, **kwargs: object) -> subprocess.Co
     kwargs.setdefault("cwd", CLI_CWD)
     return subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, text=True,
                           timeout=timeout, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A local Ray with 2 CPUs, started once for the whole session; CLI runs connect with --ray ADDRESS.
+
+    One fixture for every test module: a second ``ray.init`` in the same session would fail.
+    """
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'emostream[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, namespace="emostream", log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -244,15 +243,7 @@ def test_ctrl_c_exits_130_and_keeps_the_finished_inputs(clips: dict[str, Path], 
 # --- Ray ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
-    """A local Ray with 2 CPUs for the whole session; the CLI connects to it with --ray ADDRESS."""
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'emostream[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, namespace="emostream", log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+# ray_address: the session-wide local Ray of tests/conftest.py (shared with tests/test_fleet.py).
 
 
 def _dataset(out: Path) -> pd.DataFrame:

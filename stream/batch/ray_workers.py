@@ -28,7 +28,7 @@ from stream.batch.job import FAILED, BatchOptions, JobReport, Outcome, process_g
 from stream.config import Config
 from stream.errors import ConfigError, StreamError
 
-__all__ = ["ACTOR_PREFIX", "MAX_ATTEMPTS", "NAMESPACE", "BatchWorker", "run_on_ray"]
+__all__ = ["ACTOR_PREFIX", "MAX_ATTEMPTS", "NAMESPACE", "BatchWorker", "connect", "run_on_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,23 @@ def _connect(address: str) -> bool:
     return True
 
 
+def connect(address: str | None) -> bool:
+    """Connect to Ray for ``--ray [ADDRESS]`` (see :func:`_connect`). True if this call started a local Ray.
+
+    Raises:
+        ConfigError: Ray is not installed, or the cluster cannot be reached.
+    """
+    try:
+        import ray  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("--ray needs Ray, which is not installed: pip install 'emostream[ray]'") from err
+    try:
+        return _connect(address or "")
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise ConfigError(f"--ray: could not connect to Ray at '{address or os.environ.get('RAY_ADDRESS')}': "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+
+
 def run_on_ray(groups: list[list[InputFile]], out_dir: Path, config: Config, options: BatchOptions,
                interrupt: threading.Event, report: JobReport) -> Iterator[Outcome]:
     """Yield the outcome of every input as the workers finish them (see the module docstring).
@@ -90,16 +107,10 @@ def run_on_ray(groups: list[list[InputFile]], out_dir: Path, config: Config, opt
         ConfigError: Ray is not installed, or the cluster cannot hold one worker.
         ModelError: The workers could not load the models.
     """
-    try:
-        import ray
-        from ray.exceptions import RayActorError
-    except ImportError as err:
-        raise ConfigError("--ray needs Ray, which is not installed: pip install 'emostream[ray]'") from err
-    try:
-        started = _connect(options.ray or "")
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ConfigError(f"--ray: could not connect to Ray at '{options.ray or os.environ.get('RAY_ADDRESS')}': "
-                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    started = connect(options.ray)
+    import ray
+    from ray.exceptions import RayActorError
+
     cpus = float(ray.cluster_resources().get("CPU", 1))
     workers = options.workers or max(1, int(cpus // options.cpus_per_worker))
     workers = max(1, min(workers, len(groups)))
