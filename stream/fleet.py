@@ -110,6 +110,9 @@ class FleetTap:
         uncertain_below: As ``classifier.uncertain_below``.
     """
 
+    wants_images = False  # the driver gets records, not pictures: the pipeline need not draw
+
+
     def __init__(self, ids: Sequence[int], names: Sequence[str], labels: Sequence[str], *,
                  uncertain_below: float = 0.0) -> None:
         self.ids = list(ids)

@@ -129,7 +129,11 @@ def run(source_spec: str, config: Config, options: RunOptions, models: Models | 
 
 
 class Observer(Protocol):
-    """Something that watches a running pipeline (a web dashboard, a fleet monitor)."""
+    """Something that watches a running pipeline (a web dashboard, a fleet monitor).
+
+    ``wants_images``: whether it needs the frames annotated (drawing costs time; an
+    observer without the attribute gets them).
+    """
 
     def on_start(self, summaries: list[RunSummary]) -> None:
         """The sources are open; one summary per source, updated live as frames pass."""
@@ -280,6 +284,7 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
     progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
                     disable=not config.output.progress or (known and sum(counts) <= 1), leave=False)
     t_start = time.perf_counter()
+    draw_for_observers = any(getattr(o, "wants_images", True) for o in observers)
     try:
         while True:
             if options.max_seconds is not None and time.perf_counter() - t_start >= options.max_seconds:
@@ -294,7 +299,7 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
                 continue
             if isinstance(item, FrameResult):
                 sink = sinks[item.frame.source_id]
-                sink.write(item, draw=window is not None or bool(observers))
+                sink.write(item, draw=window is not None or draw_for_observers)
                 for observer in observers:
                     observer.on_result(item, sink.summary)
                 progress.update()

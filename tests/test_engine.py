@@ -206,3 +206,31 @@ def test_detect_every_k_reuses_boxes_between_detections(clips: dict[str, Path], 
     # Frames 3k+1 and 3k+2 keep frame 3k's box (classified again on their own pixels); 3k gets a new one.
     assert all(boxes[i] == boxes[i - i % 3] for i in range(120))
     assert len({tuple(b) for b in boxes}) >= 30
+
+
+def test_a_recorder_opened_before_the_size_is_known_takes_the_first_frames(tmp_path: Path) -> None:
+    import cv2
+
+    from stream.render.record import VideoRecorder
+
+    recorder = VideoRecorder(tmp_path / "cam.mp4", (0, 0), 30.0)  # a stream that said no size at open
+    for i in range(10):
+        recorder.write(np.full((240, 320, 3), 20 * i, np.uint8))
+    recorder.close()
+    cap = cv2.VideoCapture(str(tmp_path / "cam.mp4"))
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (320, 240)
+    assert sum(1 for _ in iter(lambda: cap.read()[0], False)) == 10
+
+
+def test_a_paced_file_loops_as_a_live_camera(clips: dict[str, Path]) -> None:
+    from stream.capture.paced import PacedFileSource
+    from stream.capture.sources import FileSource
+
+    source = PacedFileSource(FileSource(clips["noface"]))  # 40 frames at 25 fps
+    source.open()
+    t0 = time.perf_counter()
+    times = [source.read()[1] for _ in range(50)]  # type: ignore[index]
+    elapsed = time.perf_counter() - t0
+    source.close()
+    assert source.live and times == sorted(times) and times[45] > 1.7  # media time goes on across the loop
+    assert elapsed > 1.5  # released at the clip's pace, not as fast as it decodes

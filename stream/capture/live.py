@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from stream.capture.ffmpeg_env import FFMPEG_ENV, FFMPEG_OPEN_LOCK
 from stream.config import CaptureConfig
 from stream.errors import SourceError
 from stream.redact import redact_url
@@ -56,9 +57,9 @@ __all__ = ["CaptureFactory", "LiveSource", "VideoCaptureLike", "diagnose_stream"
 
 log = logging.getLogger(__name__)
 
-_ENV_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_ENV_OPTIONS = FFMPEG_ENV
 # The env var is process-global and read by OpenCV when a capture opens: set it, open, restore.
-_ENV_LOCK = threading.Lock()
+_ENV_LOCK = FFMPEG_OPEN_LOCK
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtspt": 554, "http": 80, "https": 443, "rtmp": 1935}
 _WEBCAM_RETRY_PAUSE_S = 0.01

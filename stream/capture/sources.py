@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from stream.capture.ffmpeg_env import FFMPEG_OPEN_LOCK
 from stream.capture.imagesize import image_size_wh
 from stream.config import DEFAULT_MAX_IMAGE_PIXELS, file_kind
 from stream.errors import SourceError
@@ -140,7 +141,8 @@ class FileSource:
         self._open_capture(str(self.path), [])
 
     def _open_capture(self, target: str, params: list[int]) -> None:
-        cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+        with FFMPEG_OPEN_LOCK:  # never while a camera's options are set (stream.capture.ffmpeg_env)
+            cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"source '{self.name}' could not be opened: not a video OpenCV can decode")

@@ -212,11 +212,18 @@ class VideoRecorder:
         self.frames = 0
         self.published = False
         self._failed = False
+        self._closed = False
+        self._fps, self._codec = fps, codec
+        self._impl: _AvWriter | _CvWriter | None = None
+        if 0 not in size_wh:  # else the first frame gives the size (some streams say it only then)
+            self._impl = self._open_impl(size_wh)
+
+    def _open_impl(self, size_wh: tuple[int, int]) -> _AvWriter | _CvWriter:
         try:
-            self._impl: _AvWriter | _CvWriter | None = (
-                _AvWriter(self._target, size_wh, fps, codec) if codec in PYAV_CODECS
-                else _CvWriter(self._target, size_wh, fps, codec))
+            return (_AvWriter(self._target, size_wh, self._fps, self._codec) if self._codec in PYAV_CODECS
+                    else _CvWriter(self._target, size_wh, self._fps, self._codec))
         except BaseException:
+            self._closed = True
             self._target.discard(keep=False)
             raise
 
@@ -226,8 +233,11 @@ class VideoRecorder:
         Raises:
             OutputError: The disk is full or the file cannot be written.
         """
-        if self._impl is None:
+        if self._closed:
             raise OutputError(f"output video '{self.path}' written after close")
+        if self._impl is None:
+            self.size_wh = (image_bgr.shape[1], image_bgr.shape[0])
+            self._impl = self._open_impl(self.size_wh)
         if (image_bgr.shape[1], image_bgr.shape[0]) != self.size_wh:
             # A live source may change resolution after a reconnect; keep the file consistent.
             image_bgr = cv2.resize(image_bgr, self.size_wh)
@@ -250,8 +260,9 @@ class VideoRecorder:
         if self._failed or self.frames == 0:
             self.abort()
             return
-        if self._impl is None:
+        if self._closed or self._impl is None:
             return
+        self._closed = True
         impl, self._impl = self._impl, None
         try:
             impl.close()
@@ -263,11 +274,13 @@ class VideoRecorder:
 
     def abort(self) -> None:
         """End after a failure: the final name keeps what it held; frames written stay in the partial file."""
-        if self._impl is None:
+        if self._closed:
             return
+        self._closed = True
         impl, self._impl = self._impl, None
         try:
-            impl.close()
+            if impl is not None:
+                impl.close()
         except OutputError as err:
             log.debug("%s", err)
         finally:
