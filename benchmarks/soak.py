@@ -207,7 +207,7 @@ def summarise(report: SoakReport, rows: list[tuple[float, float, float, bool]],
 
 def soak(seconds: float, outage_every: float, outage_seconds: float, *, window_s: float = 60.0,
          warmup_s: float = 60.0, sample_every: float = 2.0, size: str = "320x240", fps: float = 15.0,
-         clip: Path | None = None, record: bool = True, log: IO[str] | None = None) -> SoakReport:
+         clip: Path | None = CARPHONE, record: bool = True, log: IO[str] | None = None) -> SoakReport:
     """Run the soak (see the module docstring) and return its report.
 
     Args:
@@ -219,7 +219,7 @@ def soak(seconds: float, outage_every: float, outage_seconds: float, *, window_s
         sample_every: Seconds between two RSS samples and event-log reads.
         size: Stream size, ``WIDTHxHEIGHT``.
         fps: Stream frame rate.
-        clip: Video file the server loops, or None for its test pattern.
+        clip: Video file the server loops (default: carphone), or None for its test pattern.
         record: Also write the annotated video.
         log: Where to print progress (one line per sample), or None.
 
