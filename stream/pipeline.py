@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from stream.capture import CaptureThread, FrameSource, ImageSource, LiveSource, open_source
 from stream.capture.spec import SourceSpec, source_name, unique_names
-from stream.config import Config
+from stream.config import CaptureConfig, Config
 from stream.errors import StreamError
 from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
 from stream.infer.session import BatchBuckets, resolve_providers
@@ -187,8 +187,9 @@ class Pipeline:
         window: Window | None = None
         summaries: list[RunSummary] = []
         try:
+            open_deadline = None if options.max_seconds is None else time.monotonic() + options.max_seconds
             for spec in self.specs:
-                sources.append(open_source(spec.spec, config.capture, paced=spec.paced))
+                sources.append(open_source(spec.spec, _open_config(config.capture, open_deadline), paced=spec.paced))
             for i, (spec, source) in enumerate(zip(self.specs, sources, strict=True)):
                 summary = RunSummary(source=source.name, source_id=i)
                 summaries.append(summary)
@@ -258,6 +259,18 @@ def _open_outputs(spec: SourceSpec, source: FrameSource, config: Config
             writer.abort()  # an earlier file with that name stays as it was
         raise
     return writer, events
+
+
+def _open_config(capture: CaptureConfig, deadline: float | None) -> CaptureConfig:
+    """``max_seconds`` bounds the opening too: a port that accepts and never answers is given up by then.
+
+    The deadline counts from the first open (after the models are loaded); a source keeps the
+    bounded timeout for its reconnects. Half a second at least, so a late source still gets a try.
+    """
+    if deadline is None:
+        return capture
+    left_s = max(0.5, deadline - time.monotonic())
+    return replace(capture, open_timeout_s=min(capture.open_timeout_s, left_s))
 
 
 def _window(sources: list[FrameSource], options: RunOptions) -> Window | None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -207,3 +209,45 @@ def test_bad_live_source_one_line_exit_2(camera: RtspServer, tmp_path: Path, url
     proc = run_cli("run", url, "--output", str(tmp_path / "o.mp4"), "--no-display", timeout=30)
     assert_one_error_line(proc, fragment)
     assert PASSWORD not in proc.stderr + proc.stdout
+
+
+def test_max_seconds_bounds_opening_a_port_that_never_answers(tmp_path: Path) -> None:
+    # A plain TCP server that accepts connections and never says a word (no GStreamer needed):
+    # with --max-seconds the open gives up by then, not after open_timeout_s (10 s) + a diagnosis.
+    max_seconds = 2.0
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    first_accept = threading.Event()
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the listener was closed: the test is over
+                return
+            accepted.append(conn)
+            first_accept.set()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"rtsp://127.0.0.1:{listener.getsockname()[1]}/cam"
+    proc = start_cli("run", url, "--max-seconds", f"{max_seconds:g}", "--output", str(tmp_path / "o.mp4"),
+                     "--events", str(tmp_path / "ev.jsonl"), "--no-display", "--no-progress")
+    try:
+        assert first_accept.wait(60), "the run never connected"
+        t_open = time.monotonic()  # the clock starts at the connection: interpreter and model start-up vary
+        _, stderr = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t_open
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert proc.returncode == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert f"source '{url}' could not be opened: no answer from 127.0.0.1:" in lines[0], lines[0]
+    assert elapsed < max_seconds + 3.0, f"gave up after {elapsed:.1f} s: {lines[0]}"  # was 11-14 s
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "ev.jsonl").exists()

@@ -295,7 +295,8 @@ class LiveSource:
         ]
 
     def _open_once(self, open_timeout_s: float) -> VideoCaptureLike:
-        """One open attempt; raises SourceError with the reason."""
+        """One open attempt, its diagnosis included, within about ``open_timeout_s``; raises SourceError."""
+        t_start = time.monotonic()
         try:
             cap = self._factory(self.target, self._params(open_timeout_s))
         except SourceError:
@@ -309,7 +310,11 @@ class LiveSource:
         if not self.is_url:
             why = "no such camera, or it is in use by another program"
         else:
-            why = diagnose_stream(str(self.target), timeout_s=min(open_timeout_s, 3.0))
+            # The diagnosis gets what is left of the attempt's time (a mute server used it all up),
+            # but at least half a second to say something.
+            spent_s = time.monotonic() - t_start
+            why = diagnose_stream(str(self.target), timeout_s=min(3.0, max(0.5, open_timeout_s - spent_s)),
+                                  waited_s=spent_s if spent_s >= 1.0 else 0.0)
         raise SourceError(f"source '{self.name}' could not be opened: {why}")
 
     def _describe(self, cap: VideoCaptureLike | None) -> None:
@@ -472,7 +477,7 @@ def _reason(err: SourceError) -> str:
     return str(err).split("could not be opened: ", 1)[-1]
 
 
-def diagnose_stream(url: str, timeout_s: float = 3.0) -> str:
+def diagnose_stream(url: str, timeout_s: float = 3.0, *, waited_s: float = 0.0) -> str:
     """Say in a few words why a stream URL does not open (resolve, connect, RTSP DESCRIBE).
 
     Only called after OpenCV failed, so it costs nothing on the happy path. Credentials
@@ -483,6 +488,7 @@ def diagnose_stream(url: str, timeout_s: float = 3.0) -> str:
     Args:
         url: The stream URL, credentials included (they are not sent, only checked for).
         timeout_s: Limit for the connection and the answer.
+        waited_s: How long the caller already waited in vain (counted in a "no answer" reason).
 
     Returns:
         A short reason, such as ``"connection refused by 127.0.0.1:8554"``.
@@ -514,7 +520,7 @@ def diagnose_stream(url: str, timeout_s: float = 3.0) -> str:
     except ConnectionRefusedError:
         return f"connection refused by {host}:{port} (nothing listens on that port)"
     except TimeoutError:
-        return f"no answer from {host}:{port} within {timeout_s:g} s"
+        return f"no answer from {host}:{port} within {round(waited_s + timeout_s, 1):g} s"
     except OSError as err:
         return f"{host}:{port}: {err.strerror or err}"
 
