@@ -172,7 +172,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _episodes_and_report(summary.outputs, summary.lines(), config, args.report)
     failed = [s for s in summaries if s.error is not None]
     for summary in failed:
-        print(f"emostream: error: source {summary.source_id} ({summary.source}): {summary.error}", file=sys.stderr)
+        print(f"emostream: error: source {summary.source_id} ({summary.name or summary.source}): {summary.error}",
+              file=sys.stderr)
     if any(s.interrupted for s in summaries):
         print("interrupted: outputs finalised", file=sys.stderr)
         return EXIT_INTERRUPTED

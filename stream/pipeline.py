@@ -191,7 +191,7 @@ class Pipeline:
             for spec in self.specs:
                 sources.append(open_source(spec.spec, _open_config(config.capture, open_deadline), paced=spec.paced))
             for i, (spec, source) in enumerate(zip(self.specs, sources, strict=True)):
-                summary = RunSummary(source=source.name, source_id=i)
+                summary = RunSummary(source=source.name, source_id=i, name=spec.name)
                 summaries.append(summary)
                 writer, events = _open_outputs(spec, source, config)
                 sinks.append(SourceSinks(source, summary, models.classifier.labels, writer, events,

@@ -19,11 +19,13 @@ class RunSummary:
     Attributes:
         source: Display name of the source (no credentials).
         source_id: Its position in the run's source list.
+        name: Its name in the run (outputs are named after it), or "".
         error: Why this source failed (the others went on), or None.
     """
 
     source: str
     source_id: int = 0
+    name: str = ""
     frames_captured: int = 0
     frames_processed: int = 0
     frames_dropped: int = 0
@@ -48,7 +50,7 @@ class RunSummary:
         total = sum(self.label_counts.values()) or 1
         shares = ", ".join(f"{k} {v / total:.0%}" for k, v in self.label_counts.most_common())
         out = [
-            f"source: {self.source}",
+            f"source: {self.source}" + (f" (as {self.name})" if self.name and self.name not in self.source else ""),
             f"frames: {self.frames_processed} processed, {self.frames_captured} captured, "
             f"{self.frames_dropped} dropped; {self.faces} faces",
             f"speed: {self.fps:.1f} frames/s over {self.wall_s:.2f} s; latency p50 "

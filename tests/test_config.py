@@ -34,7 +34,7 @@ def test_relative_model_paths_resolve_against_the_file(tmp_path: Path) -> None:
         ("capture:\n  rtsp_transport: http\n", "'capture.rtsp_transport' must be one of"),
         ("detector:\n  score_threshold: 1.5\n", "detector.score_threshold: must be in [0, 1]"),
         ("tracking:\n  smoothing_alpha: 0\n", "tracking.smoothing_alpha: must be in (0, 1]"),
-        ("output:\n  codec: h264x\n", "output.codec: must be a four-character code"),
+        ("output:\n  codec: h264x\n", "output.codec: must be h264, mpeg4 (crash-safe fragmented MP4) or an OpenCV four-character code"),
         ("training:\n  bn_momentum: fast\n", "'training.bn_momentum' has an invalid value"),
         ("training:\n  input_size: 8\n", "training.input_size: must be >= 16"),
         ("runtme:\n  batch_size: 4\n", "unknown config key 'runtme'"),

@@ -281,10 +281,12 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 
 
 def test_load_dataset_needs_exactly_one_source(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="either a FER2013 CSV"):
+    with pytest.raises(DataError, match="give one of: a FER2013 CSV"):
         load_dataset()
-    with pytest.raises(DataError, match="either a FER2013 CSV"):
+    with pytest.raises(DataError, match="give one of: a FER2013 CSV"):
         load_dataset(fer2013=tmp_path / "a.csv", images=tmp_path)
+    with pytest.raises(DataError, match="give one of: a FER2013 CSV"):
+        load_dataset(ferplus_dir=tmp_path, images=tmp_path)
     with pytest.raises(DataError, match="FERPlus CSV needs the FER2013 CSV"):
         load_dataset(images=tmp_path, ferplus=tmp_path / "b.csv")
 

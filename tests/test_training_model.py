@@ -65,7 +65,7 @@ def test_mini_xception_matches_the_default_models_size() -> None:
 
 
 @pytest.mark.parametrize(("arch", "shape", "classes", "message"), [
-    ("resnet", (48, 48, 1), 7, "unknown architecture 'resnet'"),
+    ("resnet-50", (48, 48, 1), 7, "unknown architecture 'resnet-50'"),
     ("recipe", (12, 12, 1), 7, "at least 16x16"),
     ("recipe", (48, 48, 2), 7, "1 or 3 channels"),
     ("recipe", (48, 48, 1), 1, "at least 2 classes"),
@@ -73,7 +73,7 @@ def test_mini_xception_matches_the_default_models_size() -> None:
 def test_bad_architecture_settings(arch: str, shape: tuple[int, int, int], classes: int, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_model(arch, shape, classes)
-    assert sorted(ARCHITECTURES) == ["mini-xception", "recipe", "recipe-small"]
+    assert sorted(ARCHITECTURES) == ["mini-xception", "recipe", "recipe-small", "resnet", "resnet-small"]
 
 
 @pytest.mark.parametrize(("steps", "momentum"), [(1, 0.9), (44, 0.909), (100, 0.96), (449, 0.99), (5000, 0.99)])
