@@ -114,6 +114,8 @@ class ModelContract:
         temperature: Calibration temperature T > 0 (``emostream calibrate`` fits it):
             the reported probabilities are ``softmax(logits / T)``; 1.0 leaves the
             model's own output unchanged.
+        flip_average: Run every crop and its mirror image and average the raw outputs
+            (test-time augmentation: more accurate, twice the classifier's cost).
     """
 
     labels: tuple[str, ...]
@@ -126,6 +128,7 @@ class ModelContract:
     crop_offset_y: float = 0.0
     output: OutputKind = "probabilities"
     temperature: float = 1.0
+    flip_average: bool = False
     version: int = field(default=1)
 
     @property
@@ -141,6 +144,20 @@ class ModelContract:
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """The model's raw output ``(N, labels)`` as calibrated probabilities (:func:`calibrated`)."""
         return calibrated(raw, output=self.output, temperature=self.temperature)
+
+    def with_mirrors(self, x: np.ndarray) -> np.ndarray:
+        """With ``flip_average``: the model inputs ``x`` followed by their mirror images (else ``x``)."""
+        if not self.flip_average:
+            return x
+        width_axis = 2 if self.layout == "NHWC" else 3
+        return np.concatenate([x, np.flip(x, axis=width_axis)])
+
+    def merge_mirrors(self, raw: np.ndarray) -> np.ndarray:
+        """With ``flip_average``: the mean of each input's and its mirror's raw output (else ``raw``)."""
+        if not self.flip_average:
+            return raw
+        n = len(raw) // 2
+        return (raw[:n] + raw[n:]) / 2
 
     def to_json(self) -> str:
         """Serialise to the JSON stored under :data:`CONTRACT_KEY`."""
@@ -185,6 +202,7 @@ class ModelContract:
                 crop_offset_y=float(data.get("crop_offset_y", 0.0)),
                 output=data.get("output", "probabilities"),
                 temperature=float(data.get("temperature", 1.0)),
+                flip_average=data.get("flip_average", False),
             )
         except KeyError as err:
             raise ModelError(f"{origin}: contract metadata is invalid: {err} is missing") from err
@@ -222,5 +240,7 @@ class ModelContract:
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
                 and self.temperature > 0):
             problems.append(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not isinstance(self.flip_average, bool):
+            problems.append(f"flip_average must be true or false, got {self.flip_average!r:.60}")
         if problems:
             raise ModelError(f"{origin}: contract metadata is invalid: " + "; ".join(problems))

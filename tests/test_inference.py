@@ -168,3 +168,22 @@ def test_tracker_keeps_ids_and_smooths() -> None:
     tracker.update([])
     tracker.update([])  # missed twice > max_missed_frames: retired
     assert tracker.update([Face(a, 0.9, p1)])[0].id == 2
+
+
+def test_flip_average_contract_averages_each_crop_with_its_mirror(classifier: EmotionClassifier,
+                                                                   tmp_path: Path) -> None:
+    import dataclasses
+
+    model = onnx.load(str(MODELS / "emotion_minixception.onnx"))
+    flipped = dataclasses.replace(classifier.contract, flip_average=True)
+    for prop in model.metadata_props:
+        if prop.key == CONTRACT_KEY:
+            prop.value = flipped.to_json()
+    onnx.save(model, str(tmp_path / "flip.onnx"))
+    averaging = EmotionClassifier.from_path(tmp_path / "flip.onnx")
+    assert averaging.contract.flip_average and ModelContract.from_json(flipped.to_json()) == flipped
+    crops = np.random.default_rng(3).integers(0, 255, (5, 64, 64), dtype=np.uint8)
+    want = (classifier.classify(crops) + classifier.classify(crops[:, :, ::-1].copy())) / 2
+    np.testing.assert_allclose(averaging.classify(crops), want, atol=1e-5)
+    with pytest.raises(ModelError, match="flip_average must be true or false"):
+        ModelContract.from_json(flipped.to_json().replace('"flip_average": true', '"flip_average": "yes"'))

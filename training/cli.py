@@ -161,6 +161,9 @@ def _contract_flags(p: argparse.ArgumentParser, *, for_export: bool) -> None:
         p.add_argument("--crop-offset-y", type=float, metavar="SIDES",
                        help="move the stream's face crop down by this many box sides (negative: up); "
                             "benchmarks/crop_framing.py measures it")
+        p.add_argument("--flip-average", action="store_true", default=None,
+                       help="the stream runs each face and its mirror image and averages them "
+                            "(more accurate, twice the classifier's cost)")
         p.add_argument("--output-kind", choices=("probabilities", "logits"),
                        help="what the model outputs (default: from its last activation)")
 
@@ -442,9 +445,10 @@ def _keras_with_contract(args: argparse.Namespace, cfg: TrainingConfig) -> tuple
         crop_margin=cfg.crop_margin if crop_margin is None else crop_margin,
         output=getattr(args, "output_kind", None), origin=f"model '{args.model}'",
     )
-    if getattr(args, "crop_offset_y", None) is not None:
+    if getattr(args, "crop_offset_y", None) is not None or getattr(args, "flip_average", None):
         contract = _override_contract(contract, argparse.Namespace(
-            labels=None, normalize=None, color=None, crop_offset_y=args.crop_offset_y))
+            labels=None, normalize=None, color=None, crop_offset_y=getattr(args, "crop_offset_y", None),
+            flip_average=getattr(args, "flip_average", None)))
     return model, contract
 
 
@@ -465,6 +469,8 @@ def _override_contract(contract: ModelContract, args: argparse.Namespace) -> Mod
         changes["crop_offset_y"] = args.crop_offset_y
     if getattr(args, "output_kind", None) is not None:
         changes["output"] = args.output_kind
+    if getattr(args, "flip_average", None):
+        changes["flip_average"] = True
     if not changes:
         return contract
     updated = dataclasses.replace(contract, **changes)

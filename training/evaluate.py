@@ -208,8 +208,10 @@ class OnnxPredictor:
         """See :class:`Predictor`."""
         out = []
         for start in range(0, len(images), self.batch_size):
-            x = prepare_images(images[start:start + self.batch_size], self.contract, source_color=source_color)
-            out.append(np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32))
+            x = self.contract.with_mirrors(
+                prepare_images(images[start:start + self.batch_size], self.contract, source_color=source_color))
+            raw = np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+            out.append(self.contract.merge_mirrors(raw))
         probs = np.concatenate(out) if out else np.zeros((0, len(self.contract.labels)), np.float32)
         if probs.ndim != 2 or probs.shape[1] != len(self.contract.labels):
             raise ModelError(f"model '{self.name}': output shape {probs.shape} does not match "

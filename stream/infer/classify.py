@@ -187,6 +187,7 @@ class EmotionClassifier:
             x = x[..., None]
         if self.contract.layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        x = self.contract.with_mirrors(x)
         out = self.buckets.run(lambda b: self.session.run([self.output_name], {self.input_name: b}), x)[0]
-        # Softmax of logits and the calibration temperature, as the contract says.
-        return self.contract.probabilities(out)
+        # Mirror averaging, softmax of logits and the calibration temperature, as the contract says.
+        return self.contract.probabilities(self.contract.merge_mirrors(out))
