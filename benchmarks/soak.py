@@ -305,6 +305,15 @@ def soak(seconds: float, outage_every: float, outage_seconds: float, *, window_s
     return summarise(report, tail.rows, rss)
 
 
+def load_report(path: Path) -> SoakReport:
+    """A report saved with ``--json``, summarised again from its raw rows and samples."""
+    data = json.loads(path.read_text())
+    raw = {"windows", "rows", "rss_samples", "outages"}
+    report = SoakReport(**{k: v for k, v in data.items() if k not in raw})
+    report.outages = [(a, b) for a, b in data["outages"]]
+    return summarise(report, [tuple(r) for r in data["rows"]], [(t, mb) for t, mb in data["rss_samples"]])
+
+
 def table(report: SoakReport, every: int = 1) -> str:
     """The report as text: one row per window (every ``every``-th, and the last), then the figures."""
     rows = ["| window (s) | RSS (MB) | latency p50 (ms) | latency p95 (ms) | frames | outage |",
@@ -341,8 +350,11 @@ def plot(report: SoakReport, path: Path) -> None:
     minutes = report.seconds >= 600
     scale = 60.0 if minutes else 1.0
     mid = [(w.t_start_s + w.t_end_s) / 2 / scale for w in report.windows]
-    t_rss = [t / scale for t, _ in report.rss_samples]
-    axes[0].plot(t_rss, [mb for _, mb in report.rss_samples], lw=1)
+    # From the first frame on: the climb while the models load would flatten the interesting part.
+    rss = [(t, mb) for t, mb in report.rss_samples if t >= report.t_first_frame_s] or report.rss_samples
+    axes[0].plot([t / scale for t, _ in rss], [mb for _, mb in rss], lw=1)
+    low, high = min(mb for _, mb in rss), max(mb for _, mb in rss)
+    axes[0].set_ylim(low - 10, max(high, low + 30) + 10)
     axes[0].axvline((report.t_first_frame_s + report.warmup_s) / scale, color="grey", ls=":", lw=1)
     axes[0].set_ylabel("RSS (MB)")
     axes[1].plot(mid, [w.latency_p50_ms for w in report.windows], "o-", ms=3, label="p50")
@@ -385,7 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--plot", type=Path, help="write the plot (PNG) here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--from-json", type=Path, help="no run: print (and --plot) a report saved with --json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        report = load_report(args.from_json)
+        print(table(report))
+        if args.plot:
+            plot(report, args.plot)
+            print(f"wrote {args.plot}")
+        return 0
     window = args.window or (60.0 if args.seconds >= 600 else args.seconds / 10)
     missing = gstreamer_missing()
     if missing:
