@@ -105,7 +105,7 @@ class ClassifierConfig:
             ``off``, which YAML reads as false).
     """
 
-    model: Path = MODELS_DIR / "emotion_minixception.onnx"
+    model: Path = MODELS_DIR / "emotion_ferplus_resnet.onnx"
     uncertain_below: float = 0.0
     align: Literal["eyes", "none"] = "eyes"
 
