@@ -2,6 +2,6 @@
 
 import sys
 
-from stream.cli import main
+from stream.cli import entry
 
-sys.exit(main())
+sys.exit(entry())

@@ -33,7 +33,7 @@ from stream.config import MAX_BATCH_SIZE, REPO_ROOT, Config, load_config
 from stream.contract import printable
 from stream.errors import ConfigError, StreamError
 
-__all__ = ["SAMPLE_CLIP", "build_parser", "main", "positive_float", "positive_int"]
+__all__ = ["SAMPLE_CLIP", "build_parser", "entry", "main", "positive_float", "positive_int"]
 
 if TYPE_CHECKING:
     from stream.capture.spec import SourceSpec
@@ -257,8 +257,23 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     _INTERRUPT.set()
 
 
+def entry() -> int:
+    """The process entry point (the ``emostream`` script, ``python -m stream``): :func:`main`, then a
+    shutdown no signal can cut short.
+
+    Python puts the default signal handlers back while the interpreter shuts down, so a SIGTERM
+    arriving after the outputs are final would end the process as "killed" (-15) instead of with
+    its exit code. The work is done by then: ignore SIGINT and SIGTERM for the rest of the exit
+    (an ignored signal is the one disposition Python leaves in place at shutdown).
+    """
+    code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``emostream`` script and ``python -m stream``."""
+    """The command line (``emostream ...``); returns the exit code."""
     # First thing: a SIGTERM during start-up (imports take ~1 s) ends like Ctrl-C, exit 130.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -85,7 +85,8 @@ def test_padded_buckets_give_the_same_results_as_unpadded(clips: dict[str, Path]
         for da, db in zip(a, b, strict=True):
             np.testing.assert_allclose(da.box_xyxy, db.box_xyxy, atol=1e-3)
             np.testing.assert_allclose(da.keypoints_xy, db.keypoints_xy, atol=1e-3)
-    crops = np.random.default_rng(1).integers(0, 255, (7, 64, 64), dtype=np.uint8)
+    w, h = plain.classifier.contract.input_size_wh
+    crops = np.random.default_rng(1).integers(0, 255, (7, h, w), dtype=np.uint8)
     np.testing.assert_allclose(plain.classifier.classify(crops), bucketed.classifier.classify(crops), atol=1e-5)
 
 
@@ -192,7 +193,8 @@ def test_uint8_input_in_the_graph_matches_the_numpy_path(clips: dict[str, Path])
         for da, db in zip(a, b, strict=True):
             np.testing.assert_allclose(da.box_xyxy, db.box_xyxy, atol=1e-2)
             assert abs(da.score - db.score) < 1e-4
-    crops = np.random.default_rng(2).integers(0, 255, (9, 64, 64), dtype=np.uint8)
+    w, h = plain.classifier.contract.input_size_wh
+    crops = np.random.default_rng(2).integers(0, 255, (9, h, w), dtype=np.uint8)
     np.testing.assert_allclose(plain.classifier.classify(crops), uint8.classifier.classify(crops), atol=1e-5)
 
 
