@@ -88,7 +88,7 @@ def load_models(config: Config) -> Models:
     rt = config.runtime
     gpu = resolve_providers(rt.providers)[0] != "CPUExecutionProvider"
     bucketed = rt.batch_buckets == "on" or (rt.batch_buckets == "auto" and gpu)
-    opts = {"cuda": {"cudnn_conv_algo_search": rt.cudnn_conv_algo_search},
+    opts: dict[str, dict[str, str]] = {"cuda": {"cudnn_conv_algo_search": rt.cudnn_conv_algo_search},
             "tensorrt": {"trt_fp16_enable": str(rt.tensorrt_fp16), "trt_engine_cache_enable": "True",
                          "trt_engine_cache_path": str(rt.tensorrt_cache_dir.expanduser())}}
     uint8 = rt.uint8_input == "on" or (rt.uint8_input == "auto" and gpu)
@@ -292,8 +292,8 @@ def _tracker(config: Config, image_mode: bool) -> IouTracker:
 def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[FrameSource], window: Window | None,
              options: RunOptions, config: Config, observers: Sequence[Observer] = ()) -> None:
     """The demux and render/record stage, on the calling thread (a window must live on the main thread)."""
-    counts = [s.frame_count for s in sources]
-    known = all(not s.live for s in sources)
+    counts = [s.frame_count or 0 for s in sources]
+    known = all(not s.live and s.frame_count for s in sources)  # a total for the progress bar
     progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
                     disable=not config.output.progress or (known and sum(counts) <= 1), leave=False)
     t_start = time.perf_counter()
