@@ -42,6 +42,7 @@ from typing import Any
 from stream.capture.spec import SourceSpec, unique_names
 from stream.config import Config
 from stream.errors import ConfigError, ModelError, StreamError
+from stream.logtap import WarningTap
 from stream.redact import redact_url
 from stream.summary import RunSummary
 
@@ -163,18 +164,6 @@ class FleetTap:
             return {"records": records, "ended": ended, "last_error": dict(self.last_error), "lost": lost}
 
 
-class _LogTap(logging.Handler):
-    def __init__(self, tap: FleetTap) -> None:
-        super().__init__(logging.WARNING)
-        self.tap = tap
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.tap.note_log(record)
-        except Exception:  # a log handler must never raise into the code that logged
-            self.handleError(record)
-
-
 class FleetWorker:
     """The Ray actor: models loaded once, then one pipeline over its cameras in a thread.
 
@@ -218,7 +207,7 @@ class FleetWorker:
         tap = FleetTap(ids, [s.name for s in specs], self.models.classifier.labels,
                        uncertain_below=self.config.classifier.uncertain_below)
         self.tap = tap
-        logging.getLogger("stream").addHandler(_LogTap(tap))
+        logging.getLogger("stream").addHandler(WarningTap(tap.note_log))
         pipeline = Pipeline(specs, self.config, RunOptions(display=False, interrupt=self._stop), self.models,
                             observers=[tap])
 

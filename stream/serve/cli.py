@@ -110,8 +110,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ConfigError(f"{_EXTRA_HINT} ({err.name} is missing)") from None
     from stream.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
+    from stream.logtap import WarningTap
     from stream.pipeline import Pipeline, RunOptions, load_models
-    from stream.serve.state import Dashboard, LogTap
+    from stream.serve.state import Dashboard
 
     interrupt = _Interrupt()
     signal.signal(signal.SIGINT, interrupt)
@@ -157,7 +158,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             _print_summaries(holder.get("summaries", []), config)
             return EXIT_INTERRUPTED
         dashboard: Dashboard = holder["dashboard"]
-        tap = LogTap(dashboard)
+        tap = WarningTap(dashboard.note_log)
         logging.getLogger("stream").addHandler(tap)
         closing = threading.Event()
         server = DashboardServer(build_app(dashboard, token=token, closing=closing), closing)

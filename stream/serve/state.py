@@ -180,16 +180,3 @@ class Dashboard:
             "last_error": redact_url(error) if error else None,
         }
 
-
-class LogTap(logging.Handler):
-    """Sends the library's warnings to :meth:`Dashboard.note_log` (a camera reconnecting, stalls)."""
-
-    def __init__(self, dashboard: Dashboard) -> None:
-        super().__init__(logging.WARNING)
-        self.dashboard = dashboard
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.dashboard.note_log(record)
-        except Exception:  # a log handler must never raise into the code that logged
-            self.handleError(record)
