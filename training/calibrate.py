@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import numpy as np
 
 from stream.contract import CONTRACT_KEY, ModelContract, calibrated
 from stream.errors import DataError, ModelError
+from training.export import save_onnx
 
 __all__ = [
     "ECE_BINS",
@@ -226,17 +225,5 @@ def write_temperature(onnx_path: Path, out_path: Path, temperature: float) -> Mo
     meta[CONTRACT_KEY] = contract.to_json()
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, meta)
-    out_path = Path(out_path)
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(proto.SerializeToString())
-            os.replace(tmp, out_path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as err:
-        raise ModelError(f"model '{out_path}' could not be written: {err.strerror or err}") from err
+    save_onnx(proto, out_path)
     return contract

@@ -316,16 +316,29 @@ def export_keras(
         raise ModelError(f"{origin}: ONNX parity failed on {len(x)} images: max |keras - onnx| "
                          f"{max(max_abs_diff, single_diff):.3g} > {atol:g}, argmax agreement {100 * agreement:.1f}%")
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(proto.SerializeToString())
-        os.replace(tmp, out_path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise ModelError(f"model '{out_path}' could not be written: {err.strerror or err}") from err
+    save_onnx(proto, out_path)
     return ExportReport(out_path, max_abs_diff, agreement, len(x), opset, contract)
+
+
+def save_onnx(proto: Any, out_path: Path) -> None:
+    """Write an ONNX model under a temporary name in the target folder, then rename: never half-written.
+
+    Raises:
+        ModelError: ``out_path`` cannot be written.
+    """
+    out_path = Path(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(proto.SerializeToString())
+            os.replace(tmp, out_path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise ModelError(f"model '{out_path}' could not be written: {err.strerror or err}") from err
 
 
 def _rename_output(graph: Any, name: str) -> None:
