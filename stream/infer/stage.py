@@ -54,16 +54,22 @@ class Mux:
         self.ready = ready or threading.Event()
         self._next = 0
 
-    def take(self, stop: threading.Event) -> tuple[list[Frame], list[Marker]]:
+    def take(self, stop: threading.Event, wait_s: float | None = None) -> tuple[list[Frame], list[Marker]]:
         """Wait for at least one frame or marker, then fill a batch round robin.
+
+        Args:
+            stop: Give up waiting when it is set.
+            wait_s: Give up waiting for the first frame or marker after this long (None: only on ``stop``).
 
         Returns:
             The frames, and the markers of the sources that ended (those sources are
-            no longer active). Both empty when ``stop`` was set or no source is active.
+            no longer active). Both empty when ``stop`` was set, ``wait_s`` passed or no
+            source is active.
         """
         frames: list[Frame] = []
         markers: list[Marker] = []
         deadline: float | None = None
+        give_up = None if wait_s is None else time.monotonic() + wait_s
         while self.active and not stop.is_set():
             self.ready.clear()  # before scanning: a put after the scan sets it again
             took = self._round(frames, markers)
@@ -79,7 +85,10 @@ class Mux:
                     break
                 self.ready.wait(min(wait, _POLL_S))
             else:
-                self.ready.wait(_POLL_S)
+                left = _POLL_S if give_up is None else give_up - time.monotonic()
+                if left <= 0:
+                    break
+                self.ready.wait(min(left, _POLL_S))
         return frames, markers
 
     def _round(self, frames: list[Frame], markers: list[Marker]) -> bool:
@@ -120,27 +129,12 @@ def take_batch(frames: queue.Queue, batch_size: int, stop: threading.Event, time
         The frames taken, and the marker met after them (``EndOfStream("stopped")`` when
         ``stop`` was set first), or None.
     """
-    mux = Mux([frames], batch_size)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        if stop.is_set():
-            return [], EndOfStream("stopped")
-        got, markers = mux.take(_Deadline(stop, deadline))
-        if got or markers:
-            return got, markers[0] if markers else None
-        if deadline is not None and time.monotonic() >= deadline:
-            return [], None
-
-
-class _Deadline(threading.Event):
-    """A stop event that also fires at a deadline (for :func:`take_batch`'s timeout)."""
-
-    def __init__(self, stop: threading.Event, deadline: float | None) -> None:
-        super().__init__()
-        self._stop, self._deadline = stop, deadline
-
-    def is_set(self) -> bool:
-        return self._stop.is_set() or (self._deadline is not None and time.monotonic() >= self._deadline)
+    if stop.is_set():
+        return [], EndOfStream("stopped")
+    got, markers = Mux([frames], batch_size).take(stop, wait_s=timeout_s)
+    if not got and not markers and stop.is_set():
+        return [], EndOfStream("stopped")
+    return got, markers[0] if markers else None
 
 
 def infer_batch(frames: list[Frame], detector: FaceDetector, classifier: EmotionClassifier,
