@@ -154,8 +154,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     display = args.display if args.display is not None else {"on": True, "off": False}.get(config.output.display)
     if args.report and args.events is None and not config.output.events:
         raise ConfigError("--report needs the event log: give --events PATH or set output.events: true")
-    options = RunOptions(output=args.output, events=args.events, display=display, max_frames=args.max_frames,
-                         max_seconds=args.max_seconds, interrupt=_INTERRUPT)
+    # --output/--events travel in the source spec (_source_specs); the Pipeline reads them from there.
+    options = RunOptions(display=display, max_frames=args.max_frames, max_seconds=args.max_seconds,
+                         interrupt=_INTERRUPT)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     if args.ray is not None:  # a camera fleet on Ray actors (ray extra): stream/fleet.py
