@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # System packages emostream needs, installed with apt when missing (or named, when we cannot install).
 #   scripts/setup-system.sh          what running the stream needs (opencv-python: libGL, GLib)
-#   scripts/setup-system.sh --test   plus what the tests need (ffmpeg, GStreamer's RTSP server, chromium)
+#   scripts/setup-system.sh --test   plus what the tests need (ffmpeg, GStreamer's RTSP server, chromium, mosquitto)
 set -euo pipefail
 
 packages=(libgl1 libglib2.0-0)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
              gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-             chromium)  # chromium: the dashboard's browser test (Playwright drives /usr/bin/chromium)
+             chromium   # chromium: the dashboard's browser test (Playwright drives /usr/bin/chromium)
+             mosquitto mosquitto-clients)  # the MQTT tests start a real broker (tests/test_mqtt.py)
 fi
 
 missing=()
