@@ -31,6 +31,7 @@ __all__ = [
     "Config",
     "DetectorConfig",
     "EpisodesConfig",
+    "MqttConfig",
     "OutputConfig",
     "RuntimeConfig",
     "TrackingConfig",
@@ -188,6 +189,39 @@ class EpisodesConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    """Publishing faces, episodes and health to an MQTT broker (:mod:`stream.sinks.mqtt`; ``--mqtt`` sets ``url``).
+
+    Attributes:
+        url: ``mqtt://[user@]host[:port]/prefix`` (``mqtts://`` for TLS); empty: off. The password comes
+            from ``$EMOSTREAM_MQTT_PASSWORD``, else as for cameras (``$EMOSTREAM_PASSWORD_<HOST>``).
+        min_interval_s: A source's face state is published on change, at most this often.
+        health_interval_s: Each source's health is published this often (and at once when it goes up or down).
+        queue_size: Messages waiting for the broker; more are dropped (and counted), never waited for.
+        qos: MQTT quality of service of every message (0 or 1).
+        discovery: Announce each source to Home Assistant (MQTT discovery) as a sensor.
+        discovery_prefix: Home Assistant's discovery prefix.
+    """
+
+    url: str = ""
+    min_interval_s: float = 0.5
+    health_interval_s: float = 5.0
+    queue_size: int = 1000
+    qos: int = 0
+    discovery: bool = False
+    discovery_prefix: str = "homeassistant"
+
+    def validate(self, key: str) -> None:
+        _non_negative(self, key, "min_interval_s")
+        _positive(self, key, "health_interval_s", "queue_size")
+        _at_most(self, key, queue_size=100_000)
+        if self.qos not in (0, 1):
+            raise ConfigError(f"{key}.qos: must be 0 or 1, got {self.qos}")
+        if self.url and not self.url.startswith(("mqtt://", "mqtts://")):
+            raise ConfigError(f"{key}.url: expected mqtt://[user@]host[:port]/prefix, got {self.url!r}")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Defaults of ``emostream train`` / ``evaluate`` (flags override them).
 
@@ -246,6 +280,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     episodes: EpisodesConfig = field(default_factory=EpisodesConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
