@@ -57,6 +57,12 @@ def _data_flags(parser: argparse.ArgumentParser, *, required: bool = True) -> No
     source.add_argument("--ferplus-dir", type=Path, metavar="DIR",
                         help="FERPlus as its scripts write it: FER2013Train/ FER2013Valid/ FER2013Test/, "
                              "each with PNGs and label.csv")
+    source.add_argument("--dataset", action="append", metavar="PATH[,weight=W][,faces=MODE][,name=N]",
+                        help="a FERPlus folder or an images/ + labels.csv folder; repeat for several "
+                             "(mixed by weight; faces: detect, whole or auto; training/datasets.py)")
+    source.add_argument("--data", type=Path, metavar="FILE.yaml",
+                        help="data file: a 'datasets:' list (path, weight, faces, name) and an optional "
+                             "'crop:' (margin, offset_y, align) for detected faces")
     parser.add_argument("--ferplus", type=Path, metavar="CSV",
                         help="fer2013new.csv: FERPlus votes replacing the FER2013 labels (needs --fer2013)")
     parser.add_argument("--label-mode", choices=("majority", "soft"), default=None,
@@ -261,9 +267,44 @@ def _import_tensorflow() -> str:
     return f"TensorFlow {tf.__version__} on {device}"
 
 
+def _absolute_dataset_arg(text: str) -> str:
+    """A ``--dataset`` value with its path made absolute (for ``--resume`` from another folder)."""
+    path, sep, rest = text.partition(",")
+    return str(Path(path).resolve()) + sep + rest
+
+
+def _mixture(args: argparse.Namespace, cfg: TrainingConfig, *, size_wh: tuple[int, int], color: Color,
+             splits: tuple[str, ...], crop_margin: float | None = None, crop_offset_y: float | None = None) -> Any:
+    """``--dataset`` / ``--data``: every set read and mixed (:func:`training.datasets.load_datasets`).
+
+    Detected faces are cut with the data file's ``crop:``, else with ``crop_margin`` /
+    ``crop_offset_y`` (a model's contract when evaluating) or the training config's margin
+    and no offset, eyes aligned as the stream does by default.
+    """
+    from training.datasets import CropSettings, load_data_file, load_datasets, parse_dataset_arg
+
+    crop = None
+    if getattr(args, "data", None) is not None:
+        specs, crop = load_data_file(args.data)
+    else:
+        specs = [parse_dataset_arg(text) for text in args.dataset]
+    if crop is None:
+        crop = CropSettings(cfg.crop_margin if crop_margin is None else crop_margin,
+                            0.0 if crop_offset_y is None else crop_offset_y, "eyes")
+    return load_datasets(specs, size_wh=size_wh, color=color, label_mode=cfg.label_mode,
+                         merge_contempt=cfg.merge_contempt, splits=splits, crop=crop, seed=cfg.seed)
+
+
 def _dataset(args: argparse.Namespace, cfg: TrainingConfig, *, size_wh: tuple[int, int], color: Color,
              splits: tuple[str, ...]) -> Any:
     from training.data import load_dataset
+
+    if getattr(args, "dataset", None) or getattr(args, "data", None) is not None:
+        mixture = _mixture(args, cfg, size_wh=size_wh, color=color, splits=splits)
+        for name, part in mixture.parts.items():
+            print(f"  {name} (weight {part.spec.weight:g}): {part.dataset.summary()}; {'; '.join(part.dataset.notes)}",
+                  file=sys.stderr)
+        return mixture.dataset
 
     if args.ferplus is not None and args.fer2013 is None:
         raise DataError("--ferplus needs --fer2013 (the FERPlus file holds votes, not pixels)")
@@ -306,7 +347,8 @@ def _print_report(report: Any) -> None:
 
 #: What ``train`` records in the run folder so that ``--resume RUN_DIR`` reloads the same data.
 _RUN_ARGS = "train_args.json"
-_SOURCE_FLAGS = ("fer2013", "ferplus", "images", "ferplus_dir")
+_SOURCE_FLAGS = ("fer2013", "ferplus", "images", "ferplus_dir", "data")
+_MULTI_FLAGS = ("dataset",)
 
 
 def _resume_args(args: argparse.Namespace) -> TrainingConfig:
@@ -315,7 +357,7 @@ def _resume_args(args: argparse.Namespace) -> TrainingConfig:
 
     from training.trainer import read_state
 
-    given = [f"--{name.replace('_', '-')}" for name in (*_SOURCE_FLAGS, *_TRAIN_FLAGS, *_DATA_FLAGS)
+    given = [f"--{name.replace('_', '-')}" for name in (*_SOURCE_FLAGS, *_MULTI_FLAGS, *_TRAIN_FLAGS, *_DATA_FLAGS)
              if getattr(args, name, None) is not None]
     if args.out is not None:
         given.append("--out")
@@ -328,6 +370,8 @@ def _resume_args(args: argparse.Namespace) -> TrainingConfig:
         raise DataError(f"'{args.resume / _RUN_ARGS}' could not be read: {err}") from err
     for name in _SOURCE_FLAGS:
         setattr(args, name, Path(saved[name]) if saved.get(name) else None)
+    for name in _MULTI_FLAGS:
+        setattr(args, name, list(saved[name]) if saved.get(name) else None)
     args.out = args.resume
     return TrainingConfig(**state["config"])
 
@@ -338,9 +382,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         cfg = _resume_args(args)
     else:
-        if args.out is None or not any(getattr(args, n, None) for n in ("fer2013", "images", "ferplus_dir")):
-            raise ConfigError("train needs --out RUN_DIR and one of --fer2013, --ferplus-dir, --images "
-                              "(or --resume RUN_DIR)")
+        if args.out is None or not any(getattr(args, n, None)
+                                       for n in ("fer2013", "images", "ferplus_dir", "dataset", "data")):
+            raise ConfigError("train needs --out RUN_DIR and one of --fer2013, --ferplus-dir, --images, "
+                              "--dataset, --data (or --resume RUN_DIR)")
         cfg = _training_config(args, _TRAIN_FLAGS + _DATA_FLAGS)
     size = (cfg.input_size, cfg.input_size)
     dataset = _dataset(args, cfg, size_wh=size, color=cfg.color, splits=("train", "val", "test"))
@@ -354,9 +399,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is None:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / _RUN_ARGS).write_text(json.dumps(
-                {name: str(Path(v).resolve()) if (v := getattr(args, name, None)) else None
-                 for name in _SOURCE_FLAGS}, indent=1))
+            saved: dict[str, Any] = {name: str(Path(v).resolve()) if (v := getattr(args, name, None)) else None
+                                     for name in _SOURCE_FLAGS}
+            saved["dataset"] = [_absolute_dataset_arg(v) for v in args.dataset] if args.dataset else None
+            (args.out / _RUN_ARGS).write_text(json.dumps(saved, indent=1))
         except OSError as err:
             raise OutputError(f"run folder '{args.out}' could not be written: {err.strerror or err}") from err
     result = train(dataset, args.out, cfg, progress=show, step_bar=sys.stderr.isatty(), opset=args.opset,
@@ -390,12 +436,41 @@ def _evaluate(args: argparse.Namespace) -> int:
         predictor = KerasPredictor(model, contract, name=str(args.model))
     split = normalize_split_name(args.split)
     contract = predictor.contract
+    if getattr(args, "dataset", None) or getattr(args, "data", None) is not None:
+        return _evaluate_many(args, cfg, predictor, split)
     dataset = _dataset(args, cfg, size_wh=contract.input_size_wh, color=contract.color, splits=(split,))
     report = evaluate_model(predictor, dataset, split, tta_flip=args.tta_flip)
     _print_report(report)
     if args.out is not None:
         path = write_report(report, args.out)
         print(f"wrote {path} and {path.parent / 'confusion_matrix.png'}")
+    return 0
+
+
+def _evaluate_many(args: argparse.Namespace, cfg: TrainingConfig, predictor: Any, split: str) -> int:
+    """``evaluate --dataset ... --dataset ...``: one report per set that has ``split``."""
+    from training.evaluate import evaluate_model, write_report
+
+    contract = predictor.contract
+    mixture = _mixture(args, cfg, size_wh=contract.input_size_wh, color=contract.color, splits=(split,),
+                       crop_margin=contract.crop_margin, crop_offset_y=contract.crop_offset_y)
+    scored = 0
+    for name, part in mixture.parts.items():
+        data = part.dataset.splits.get(split)
+        if data is None or len(data) == 0:
+            print(f"{name}: no '{split}' split, skipped")
+            continue
+        missed = len(part.not_found.get(split, []))
+        print(f"== {name} ({part.faces_mode}" + (f"; {missed} images without a face found, not scored"
+                                                 if missed else "") + ")")
+        report = evaluate_model(predictor, part.dataset, split, tta_flip=args.tta_flip)
+        _print_report(report)
+        scored += 1
+        if args.out is not None:
+            path = write_report(report, args.out / name)
+            print(f"wrote {path} and {path.parent / 'confusion_matrix.png'}")
+    if not scored:
+        raise DataError(f"no dataset has a '{split}' split")
     return 0
 
 
