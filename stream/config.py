@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import stat
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-import yaml
-
+from stream.contract import printable
 from stream.errors import ConfigError
+from stream.userfile import excerpt, file_kind, read_user_yaml
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
@@ -33,6 +31,7 @@ __all__ = [
     "EpisodesConfig",
     "MqttConfig",
     "OutputConfig",
+    "RayConfig",
     "RuntimeConfig",
     "TrackingConfig",
     "TrainingConfig",
@@ -51,6 +50,9 @@ MAX_BATCH_SIZE = 256
 MAX_QUEUE_SIZE = 1024
 MAX_LIVE_BUFFER = 256
 MAX_THREADS = 256
+#: Upper bound of ``capture.max_sources``: each file source buffers up to ``capture.queue_size``
+#: decoded frames (64 frames of 640x480 are ~59 MB), so 200 sources in one process took 15 GB.
+MAX_SOURCES = 1024
 #: Default of ``capture.max_image_pixels``: 100 megapixels (a 300 MB BGR image).
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 #: A config file larger than this is not a config file.
@@ -70,12 +72,13 @@ class CaptureConfig:
     reconnect_max_backoff_s: float = 5.0
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_sources: int = 64
 
     def validate(self, key: str) -> None:
         _positive(self, key, "queue_size", "live_buffer", "open_timeout_s", "read_timeout_s",
-                  "reconnect_initial_backoff_s", "reconnect_max_backoff_s", "max_image_pixels")
+                  "reconnect_initial_backoff_s", "reconnect_max_backoff_s", "max_image_pixels", "max_sources")
         _non_negative(self, key, "reconnect_budget_s")
-        _at_most(self, key, queue_size=MAX_QUEUE_SIZE, live_buffer=MAX_LIVE_BUFFER)
+        _at_most(self, key, queue_size=MAX_QUEUE_SIZE, live_buffer=MAX_LIVE_BUFFER, max_sources=MAX_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ class OutputConfig:
     def validate(self, key: str) -> None:
         if self.codec not in ("h264", "mpeg4") and len(self.codec) != 4:
             raise ConfigError(f"{key}.codec: must be h264, mpeg4 (crash-safe fragmented MP4) or an OpenCV "
-                              f"four-character code such as mp4v, got {self.codec!r}")
+                              f"four-character code such as mp4v, got {excerpt(self.codec)}")
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,17 @@ class MqttConfig:
             raise ConfigError(f"{key}.qos: must be 0 or 1, got {self.qos}")
         if self.url and not self.url.startswith(("mqtt://", "mqtts://")):
             raise ConfigError(f"{key}.url: expected mqtt://[user@]host[:port]/prefix, got {self.url!r}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Ray (``batch --ray``): how long to try reaching a cluster before giving up with one line."""
+
+    timeout_s: float = 30.0
+
+    def validate(self, key: str) -> None:
+        _positive(self, key, "timeout_s")
+        _at_most(self, key, timeout_s=3600)
 
 
 @dataclass(frozen=True)
@@ -280,6 +294,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     episodes: EpisodesConfig = field(default_factory=EpisodesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
@@ -313,24 +328,7 @@ def load_config(path: Path | None) -> Config:
     """
     if path is None:
         return Config()
-    try:
-        # Not a regular file (a FIFO would block, /dev/zero never ends): say what it is instead.
-        mode = os.stat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise ConfigError(f"config '{path}' could not be read: it is {file_kind(mode)}, not a file")
-        if os.stat(path).st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config '{path}' is larger than {MAX_CONFIG_BYTES // 1024} KB: not a config file")
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"config '{path}' could not be read: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"config '{path}' is not a text (UTF-8) file: byte {err.start} is invalid") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config '{path}' is not valid YAML: {str(err).splitlines()[0]}") from err
-    except RecursionError as err:
-        raise ConfigError(f"config '{path}' is not a config file: nested too deeply") from err
+    data = read_user_yaml(path, "config", max_bytes=MAX_CONFIG_BYTES)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -340,7 +338,7 @@ def load_config(path: Path | None) -> Config:
         model = (data.get(section) or {}).get("model") if isinstance(data.get(section), dict) else None
         if isinstance(model, str) and not Path(model).is_absolute():
             data[section]["model"] = str(base / model)
-    return build_dataclass(Config, data, "", origin=str(path))
+    return build_dataclass(Config, data, "", origin=printable(str(path)))
 
 
 T = TypeVar("T")
@@ -363,9 +361,11 @@ def build_dataclass(cls: type[T], data: Any, key: str, *, origin: str = "config"
         raise ConfigError(f"{origin}: '{where}' must be a mapping, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(str(k) for k in set(data) - names)  # YAML keys may be numbers or null
+    # YAML keys may be numbers, null or (a bomb) huge: name them by a short excerpt.
+    unknown = sorted(k if isinstance(k, str) else excerpt(k) for k in set(data) - names)
     if unknown:
-        dotted = f"{key}.{unknown[0]}" if key else unknown[0]
+        first = unknown[0] if len(unknown[0]) <= 60 else excerpt(unknown[0])
+        dotted = f"{key}.{first}" if key else first
         raise ConfigError(f"{origin}: unknown config key '{dotted}' (known: {', '.join(sorted(names))})")
     values = {}
     for name, raw in data.items():
@@ -390,7 +390,7 @@ def _coerce(tp: Any, raw: Any, key: str, origin: str) -> Any:
             return "on" if raw else "off"  # YAML 1.1 reads an unquoted on/off as true/false
         if raw in args and type(raw) is type(next(a for a in args if a == raw)):
             return raw
-        raise ConfigError(f"{origin}: '{key}' must be one of {', '.join(map(repr, args))}, got {raw!r}")
+        raise ConfigError(f"{origin}: '{key}' must be one of {', '.join(map(repr, args))}, got {excerpt(raw)}")
     if org in (typing.Union, types.UnionType):
         errors = []
         for option in args:
@@ -398,7 +398,7 @@ def _coerce(tp: Any, raw: Any, key: str, origin: str) -> Any:
                 return _coerce(option, raw, key, origin)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(f"{origin}: '{key}' has an invalid value {raw!r}")
+        raise ConfigError(f"{origin}: '{key}' has an invalid value {excerpt(raw)}")
     if org is tuple:
         if isinstance(raw, str) or not isinstance(raw, (list, tuple)):
             raise ConfigError(f"{origin}: '{key}' must be a list, got {_describe(raw)}")
@@ -412,7 +412,7 @@ def _coerce(tp: Any, raw: Any, key: str, origin: str) -> Any:
     elif tp is float:
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             if not math.isfinite(raw):
-                raise ConfigError(f"{origin}: '{key}' must be a finite number, got {raw!r}")
+                raise ConfigError(f"{origin}: '{key}' must be a finite number, got {excerpt(raw)}")
             return float(raw)
     elif tp is str:
         if isinstance(raw, str):
@@ -422,28 +422,13 @@ def _coerce(tp: Any, raw: Any, key: str, origin: str) -> Any:
     raise ConfigError(f"{origin}: '{key}' must be {_type_name(tp)}, got {_describe(raw)}")
 
 
-def file_kind(mode: int) -> str:
-    """What a non-regular file is, for messages: ``a FIFO (named pipe)``, ``a character device`` ..."""
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
 def _type_name(tp: Any) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
             Path: "a path"}.get(tp, str(tp))
 
 
 def _describe(raw: Any) -> str:
-    return f"{raw!r} ({type(raw).__name__})"
+    return f"{excerpt(raw)} ({type(raw).__name__})"
 
 
 def _positive(obj: Any, key: str, *names: str) -> None:

@@ -43,8 +43,10 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from stream.config import EpisodesConfig
+from stream.contract import printable
 from stream.errors import DataError, OutputError
 from stream.records import FrameResult
+from stream.userfile import excerpt, open_user_file
 
 __all__ = [
     "Episode",
@@ -57,6 +59,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Largest event log read (an hour of one face at 30 frames/s is ~40 MB).
+MAX_EVENT_LOG_BYTES = 2 << 30
+#: Longest line of an event log (a frame with a few hundred faces).
+MAX_EVENT_LINE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -137,29 +144,37 @@ class EventTable:
             DataError: The file is missing, unreadable, empty, or a line is not a valid frame record.
         """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"event log '{path}' could not be read: no such file") from None
-        except (OSError, UnicodeDecodeError) as err:
-            why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            raise DataError(f"event log '{path}' could not be read: {why}") from err
-        lines = text.split("\n")
-        complete = text.endswith("\n")
-        if complete:
-            lines.pop()
+        shown = printable(str(path))
         builder = _Builder(path)
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                if number == len(lines) and not complete:
-                    log.warning("event log '%s': last line %d is cut short; skipped", path, number)
+        read = 0
+        with open_user_file(path, "event log", max_bytes=MAX_EVENT_LOG_BYTES, error=DataError) as fh:
+            for number in itertools.count(1):
+                try:
+                    raw = fh.readline(MAX_EVENT_LINE_BYTES + 1)
+                except OSError as err:
+                    raise DataError(f"event log '{shown}' could not be read: {err.strerror or err}") from None
+                if not raw:
                     break
-                raise DataError(f"event log '{path}' line {number}: not JSON ({err.msg})") from None
-            builder.add(record, number)
+                read += len(raw)
+                if read > MAX_EVENT_LOG_BYTES:
+                    raise DataError(f"event log '{shown}' is larger than {MAX_EVENT_LOG_BYTES >> 20} MB")
+                if len(raw) > MAX_EVENT_LINE_BYTES:
+                    raise DataError(f"event log '{shown}' line {number}: longer than "
+                                    f"{MAX_EVENT_LINE_BYTES >> 10} KB: not a frame record")
+                complete = raw.endswith(b"\n")
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    if not complete:
+                        log.warning("event log '%s': last line %d is cut short; skipped", shown, number)
+                        break
+                    why = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+                    raise DataError(f"event log '{shown}' line {number}: not JSON ({why})") from None
+                except RecursionError:
+                    raise DataError(f"event log '{shown}' line {number}: nested too deeply") from None
+                builder.add(record, number)
         return builder.build()
 
     @classmethod
@@ -193,40 +208,41 @@ class _Builder:
         self.probs: list[list[float]] = []
 
     def _bad(self, number: int, what: str) -> DataError:
-        return DataError(f"event log '{self.path}' line {number}: {what}")
+        return DataError(f"event log '{printable(str(self.path))}' line {number}: {what}")
 
     def add(self, record: Any, number: int) -> None:
         if not isinstance(record, dict):
             raise self._bad(number, f"expected a JSON object, got {type(record).__name__}")
         frame, t, faces = record.get("frame"), record.get("t"), record.get("faces")
         if not _is_int(frame):
-            raise self._bad(number, f"'frame' must be an integer, got {frame!r}")
+            raise self._bad(number, f"'frame' must be an integer, got {excerpt(frame)}")
         if not _is_number(t):
-            raise self._bad(number, f"'t' must be a number, got {t!r}")
+            raise self._bad(number, f"'t' must be a number, got {excerpt(t)}")
         if not isinstance(faces, list):
-            raise self._bad(number, f"'faces' must be a list, got {faces!r}")
+            raise self._bad(number, f"'faces' must be a list, got {excerpt(faces)}")
         latency, gap = record.get("latency_ms"), record.get("gap_s", 0.0)
         if (latency is not None and not _is_number(latency)) or not _is_number(gap):
-            raise self._bad(number, f"'latency_ms' and 'gap_s' must be numbers, got {latency!r} and {gap!r}")
+            raise self._bad(number, f"'latency_ms' and 'gap_s' must be numbers, got {excerpt(latency)} and "
+                                    f"{excerpt(gap)}")
         latency = math.nan if latency is None else latency
         self.add_frame(str(record.get("source", "")), frame, t, latency, gap)
         for face in faces:
             if not isinstance(face, dict):
-                raise self._bad(number, f"each face must be a JSON object, got {face!r}")
+                raise self._bad(number, f"each face must be a JSON object, got {excerpt(face)}")
             track, score, box, probs = face.get("id"), face.get("score", 1.0), face.get("box_xyxy"), face.get("probs")
             if not _is_int(track):
-                raise self._bad(number, f"face 'id' must be an integer, got {track!r}")
+                raise self._bad(number, f"face 'id' must be an integer, got {excerpt(track)}")
             if not _is_number(score):
-                raise self._bad(number, f"face 'score' must be a number, got {score!r}")
+                raise self._bad(number, f"face 'score' must be a number, got {excerpt(score)}")
             if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-                raise self._bad(number, f"face 'box_xyxy' must be 4 numbers, got {box!r}")
+                raise self._bad(number, f"face 'box_xyxy' must be 4 numbers, got {excerpt(box)}")
             if not (isinstance(probs, dict) and probs and all(_is_number(v) for v in probs.values())):
-                raise self._bad(number, f"face 'probs' must map labels to numbers, got {probs!r}")
+                raise self._bad(number, f"face 'probs' must map labels to numbers, got {excerpt(probs)}")
             if self.labels is None:
                 self.labels = tuple(probs)
             elif set(probs) != set(self.labels):
-                raise self._bad(number, f"face 'probs' has labels {sorted(probs)}, earlier lines "
-                                        f"{sorted(self.labels)}")
+                raise self._bad(number, f"face 'probs' has labels {excerpt(sorted(probs), 200)}, earlier lines "
+                                        f"{excerpt(sorted(self.labels), 200)}")
             self.add_face(track, score, box, [probs[k] for k in self.labels])
 
     def add_frame(self, source: str, frame: int, t: float, latency: float, gap: float) -> None:
@@ -242,7 +258,7 @@ class _Builder:
 
     def build(self) -> EventTable:
         if not self.frames:
-            raise DataError(f"event log '{self.path}' holds no frames")
+            raise DataError(f"event log '{printable(str(self.path))}' holds no frames")
         k = len(self.labels or ())
         fr = np.array(self.frames, np.float64).reshape(-1, 5)
         meta = np.array(self.face_meta, np.float64).reshape(-1, 6)

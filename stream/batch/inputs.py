@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from stream.errors import ConfigError
+from stream.userfile import read_user_text
 
 __all__ = ["MEDIA_SUFFIXES", "InputFile", "find_inputs"]
 
@@ -26,6 +27,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
 LIST_SUFFIXES = frozenset({".txt", ".list", ".lst"})
 _GLOB_CHARS = set("*?[")
+#: A list of inputs larger than this is not a list of paths.
+MAX_LIST_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,7 @@ def _expand(arg: str, from_list: Path | None = None) -> tuple[list[Path], Path, 
 
 
 def _read_list(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ConfigError(f"input list '{path}' could not be read: {reason}") from err
+    text = read_user_text(path, "input list", max_bytes=MAX_LIST_BYTES)
     return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
 
 
