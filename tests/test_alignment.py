@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from stream.config import load_config
+from stream.config import MODELS_DIR, load_config
 from stream.infer import EmotionClassifier, FaceDetector, crop_faces, infer_batch
 from stream.infer.classify import eye_roll_deg
 from stream.pipeline import load_models
 from stream.records import Frame
 from tests.conftest import REPO
 
-MODELS = REPO / "models"
+MODELS = MODELS_DIR
 CLIP = REPO / "stream" / "assets" / "carphone_640x480.mp4"
 
 

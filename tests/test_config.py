@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import Config, load_config
+from stream.config import DEFAULT_CONFIG, Config, load_config
 from stream.errors import ConfigError
-from tests.conftest import REPO
 
 
 def test_shipped_config_matches_defaults() -> None:
-    loaded = load_config(REPO / "config.yaml")
+    loaded = load_config(DEFAULT_CONFIG)
     assert loaded == Config()  # the documented file and the code never drift apart
 
 

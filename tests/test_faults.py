@@ -25,11 +25,12 @@ import cv2
 import numpy as np
 import pytest
 
+from stream.config import MODELS_DIR
 from stream.render.outputs import partial_path
-from tests.conftest import CLI_CWD, REPO, run_cli
+from tests.conftest import CLI_CWD, run_cli
 from tests.test_pipeline_cli import assert_one_error_line, count_frames, read_events
 
-MODEL = REPO / "models" / "emotion_minixception.onnx"
+MODEL = MODELS_DIR / "emotion_minixception.onnx"
 
 
 def start_cli(*args: str, **kwargs: object) -> subprocess.Popen[str]:

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from stream.config import MODELS_DIR
 from stream.contract import FER2013_LABELS, ModelContract, calibrated
 from stream.errors import DataError, ModelError
 from stream.infer.classify import CropSpec, EmotionClassifier, crop_faces
@@ -30,7 +31,7 @@ from training.calibrate import (
 from training.data import FERPLUS_FOLDERS, ferplus_majority_mask, load_ferplus_dir
 from training.evaluate import evaluate_model, load_predictor
 
-MODEL = REPO / "models" / "emotion_minixception.onnx"
+MODEL = MODELS_DIR / "emotion_minixception.onnx"
 CLIP = REPO / "stream" / "assets" / "carphone_640x480.mp4"
 FERPLUS = REPO.parent / "shared" / "datasets" / "ferplus"
 
@@ -356,7 +357,7 @@ SCORES = REPO / "models" / "ferplus_scores.json"
 def test_shipped_model_scores_as_documented() -> None:
     expected = json.loads(SCORES.read_text())
     data = load_ferplus_dir(FERPLUS, splits=("test",))
-    predictor = load_predictor(REPO / "models" / expected["model"])
+    predictor = load_predictor(MODELS_DIR / expected["model"])
     report = evaluate_model(predictor, data.converted(predictor.contract.input_size_wh, predictor.contract.color),
                             "test").to_dict()
     assert 100 * report["accuracy"] == pytest.approx(100 * expected["plurality_accuracy"], abs=0.5)

@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import pytest
 
+from stream.config import MODELS_DIR
 from stream.contract import CONTRACT_KEY, FER2013_LABELS, ModelContract
 from stream.errors import ModelError
 from stream.infer import EmotionClassifier, FaceDetector, blazeface_anchors, crop_faces, resolve_providers
 from stream.records import Face
 from stream.track import IouTracker
-from tests.conftest import REPO
 
-MODELS = REPO / "models"
+MODELS = MODELS_DIR
 
 
 @pytest.fixture(scope="module")

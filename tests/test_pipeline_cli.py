@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
+from stream.config import MODELS_DIR
 from stream.render.outputs import partial_path
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 
 
 def read_events(path: Path) -> list[dict]:
@@ -165,9 +166,9 @@ def test_face_cut_by_the_frame_edge(face_image: np.ndarray, tmp_path: Path) -> N
         (lambda t, c: [str(c["vga"]), "--model", str(t / "nope.onnx")], ["classifier model", "no such file"]),
         (lambda t, c: [str(c["vga"]), "--model", str(_text_file(t, "bad.onnx"))],
          ["classifier model", "could not be loaded"]),
-        (lambda t, c: [str(c["vga"]), "--detector", str(REPO / "models" / "emotion_minixception.onnx")],
+        (lambda t, c: [str(c["vga"]), "--detector", str(MODELS_DIR / "emotion_minixception.onnx")],
          ["not BlazeFace"]),
-        (lambda t, c: [str(c["vga"]), "--model", str(REPO / "models" / "blazeface_short_range.onnx")],
+        (lambda t, c: [str(c["vga"]), "--model", str(MODELS_DIR / "blazeface_short_range.onnx")],
          ["no 'emostream.contract' metadata"]),
         (lambda t, c: [str(c["vga"]), "--config", str(_yaml(t, "runtime:\n  batch_size: 0\n"))],
          ["runtime.batch_size"]),

@@ -23,13 +23,14 @@ pytest.importorskip("tf2onnx")
 import onnx
 import onnxruntime as ort
 
-from stream.cli import main
-from stream.config import REPO_ROOT
+from stream.commands import main
+from stream.config import SAMPLE_CLIP
 from stream.contract import CONTRACT_KEY, FER2013_LABELS, ModelContract
 from tests.training_data import write_fer2013_csv, write_ferplus_pair, write_image_folder
 from training.export import read_contract
 
-CLIP = REPO_ROOT / "stream" / "assets" / "carphone_640x480.mp4"
+CLIP = SAMPLE_CLIP
+REPO_ROOT = Path(__file__).resolve().parent.parent
 CHANCE_7 = 1 / 7
 
 # Test-sized settings through a config file, as a user would keep them; flags override it.

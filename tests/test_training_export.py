@@ -16,7 +16,7 @@ import keras
 import onnx
 import onnxruntime as ort
 
-from stream.config import REPO_ROOT
+from stream.config import MODELS_DIR, SAMPLE_CLIP
 from stream.contract import CONTRACT_KEY, FER2013_LABELS, ModelContract
 from stream.errors import ConfigError, ModelError
 from stream.infer.classify import CropSpec, EmotionClassifier, crop_faces
@@ -25,7 +25,7 @@ from training.cli import parse_normalize, register
 from training.export import contract_for_keras, export_keras, read_contract
 from training.model import build_model
 
-CLIP = REPO_ROOT / "stream" / "assets" / "carphone_640x480.mp4"
+CLIP = SAMPLE_CLIP
 DEFAULT_CONTRACT = ModelContract(
     labels=FER2013_LABELS, input_size_wh=(64, 64), color="gray", layout="NHWC",
     normalize_scale=2.0 / 255.0, normalize_offset=-1.0, crop_margin=0.15, output="probabilities",
@@ -57,7 +57,7 @@ def face_frames() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def face_crops_bgr(face_frames: list[np.ndarray]) -> np.ndarray:
     """Real face crops (BGR, 96x96) cut by the stream's own detector and crop code."""
-    detector = FaceDetector.from_path(REPO_ROOT / "models" / "blazeface_short_range.onnx")
+    detector = FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx")
     spec = CropSpec((96, 96), "bgr", crop_margin=0.15)
     crops = []
     for frame in face_frames[::2]:

@@ -31,6 +31,7 @@ import numpy as np
 from stream.contract import CONTRACT_KEY, ModelContract, calibrated
 from stream.errors import DataError, ModelError
 from training.export import save_onnx
+from training.metrics import ECE_BINS, expected_calibration_error, negative_log_likelihood
 
 __all__ = [
     "ECE_BINS",
@@ -39,44 +40,14 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "negative_log_likelihood",
+    "write_contract",
+    "write_logit_bias",
     "write_temperature",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Confidence bins of the expected calibration error (Guo et al. 2017 use 15).
-ECE_BINS = 15
 _T_RANGE = (0.05, 20.0)
-
-
-def expected_calibration_error(probabilities: np.ndarray, true_index: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """Expected calibration error over ``n_bins`` equal-width bins of top-class confidence.
-
-    Args:
-        probabilities: ``(N, K)`` rows summing to 1.
-        true_index: ``(N,)`` true label indices.
-        n_bins: Number of bins on ``(0, 1]``.
-
-    Returns:
-        ECE in ``[0, 1]`` (0 for no faces).
-    """
-    probabilities = np.asarray(probabilities, np.float64)
-    if len(probabilities) == 0:
-        return 0.0
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == np.asarray(true_index)
-    # Bin b holds confidences in (b/n, (b+1)/n]; a confidence of exactly 0 joins the first bin.
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    gap = np.abs(np.bincount(bins, correct.astype(np.float64), n_bins)
-                 - np.bincount(bins, confidence, n_bins))
-    return float(gap.sum() / count.sum())
-
-
-def negative_log_likelihood(probabilities: np.ndarray, true_index: np.ndarray) -> float:
-    """Mean ``-log p(true label)``, with probabilities floored at 1e-12."""
-    p = np.asarray(probabilities, np.float64)[np.arange(len(true_index)), np.asarray(true_index)]
-    return float(-np.mean(np.log(np.maximum(p, 1e-12)))) if len(p) else 0.0
 
 
 def _log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -179,6 +150,9 @@ def calibrate_predictor(predictor: Any, dataset: Any, *, fit_split: str = "val",
     """
     from training.evaluate import predict_split
 
+    if predictor.contract.logit_bias is not None:
+        raise ModelError(f"model '{predictor.name}' carries a logit bias: fit the temperature on the model "
+                         "without it, then fit the bias (training/prior.py)")
     fit_p, fit_true = predict_split(predictor, dataset, fit_split)
     factor = fit_temperature(fit_p, fit_true)
     eval_p, eval_true = predict_split(predictor, dataset, eval_split)
@@ -210,6 +184,25 @@ def write_temperature(onnx_path: Path, out_path: Path, temperature: float) -> Mo
         ModelError: The model has no valid contract, the temperature is invalid, or
             ``out_path`` cannot be written.
     """
+    return write_contract(onnx_path, out_path, temperature=float(temperature))
+
+
+def write_logit_bias(onnx_path: Path, out_path: Path, logit_bias: Any) -> ModelContract:
+    """Copy an ONNX classifier with ``logit_bias`` (one number per label, or None) in its contract."""
+    bias = None if logit_bias is None else tuple(float(b) for b in logit_bias)
+    return write_contract(onnx_path, out_path, logit_bias=bias)
+
+
+def write_contract(onnx_path: Path, out_path: Path, **changes: Any) -> ModelContract:
+    """Copy an ONNX classifier with contract fields replaced (weights untouched).
+
+    Returns:
+        The new contract.
+
+    Raises:
+        ModelError: The model has no valid contract, a new value is invalid, or
+            ``out_path`` cannot be written.
+    """
     import onnx
 
     try:
@@ -220,8 +213,8 @@ def write_temperature(onnx_path: Path, out_path: Path, temperature: float) -> Mo
     if CONTRACT_KEY not in meta:
         raise ModelError(f"model '{onnx_path}': no '{CONTRACT_KEY}' metadata entry")
     contract = ModelContract.from_json(meta[CONTRACT_KEY], origin=f"model '{onnx_path}'")
-    contract = dataclasses.replace(contract, temperature=float(temperature))
-    contract.validate(f"model '{onnx_path}' with the new temperature")
+    contract = dataclasses.replace(contract, **changes)
+    contract.validate(f"model '{onnx_path}' with {', '.join(sorted(changes))} changed")
     meta[CONTRACT_KEY] = contract.to_json()
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, meta)

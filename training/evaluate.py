@@ -296,7 +296,7 @@ def evaluate_model(
     Raises:
         DataError: The split is empty, or the label sets do not match.
     """
-    from training.calibrate import ECE_BINS, expected_calibration_error
+    from training.metrics import ECE_BINS, expected_calibration_error
 
     model_labels = tuple(predictor.contract.labels)
     probabilities, true_index = predict_split(predictor, dataset, split)
@@ -323,7 +323,7 @@ def evaluate_model(
     main = scores(probabilities)
     temperature = float(predictor.contract.temperature)
     calibration: dict[str, Any] = {"temperature": temperature, "ece": main.pop("ece"), "ece_bins": ECE_BINS}
-    if temperature != 1.0:
+    if temperature != 1.0 and predictor.contract.logit_bias is None:
         raw = calibrated(probabilities, temperature=1.0 / temperature)
         calibration["ece_at_temperature_1"] = expected_calibration_error(raw, true_index, ECE_BINS)
     extra: dict[str, Any] = {**main, "calibration": calibration}

@@ -292,10 +292,13 @@ class JobReport:
 
 
 Executor = Callable[[list[list[InputFile]]], Iterator[Outcome]]
+#: Runs groups of inputs on Ray actors and yields their outcomes (:func:`stream.batch.ray_workers.run_on_ray`).
+RayRunner = Callable[[list[list[InputFile]], Path, Config, BatchOptions, threading.Event, JobReport],
+                     Iterator[Outcome]]
 
 
 def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, options: BatchOptions,
-              models: Any = None) -> JobReport:
+              models: Any = None, ray_runner: RayRunner | None = None) -> JobReport:
     """Run (or resume) a batch job: every input not finished yet, then the dataset and the report.
 
     Args:
@@ -304,6 +307,8 @@ def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, option
         config: Configuration.
         options: Batch choices.
         models: Loaded models for the in-process run (loaded when needed if None).
+        ray_runner: With ``options.ray``: what runs the groups on Ray actors
+            (:func:`stream.batch.ray_workers.run_on_ray`; this module sits below it).
 
     Returns:
         The report (also written to ``DIR/job.json``).
@@ -331,7 +336,7 @@ def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, option
         # Big files first and together: a group ends when its longest input does.
         todo.sort(key=lambda i: -(prints[i.key] or (0, 0))[0])
         groups = [todo[i:i + options.parallel] for i in range(0, len(todo), options.parallel)]
-        executor = _executor(out_dir, config, options, models, interrupt, report)
+        executor = _executor(out_dir, config, options, models, interrupt, report, ray_runner)
         seen: set[str] = set()
         bar = _progress(len(todo), options.progress)
         try:
@@ -386,11 +391,11 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _executor(out_dir: Path, config: Config, options: BatchOptions, models: Any, interrupt: threading.Event,
-              report: JobReport) -> Executor:
+              report: JobReport, ray_runner: RayRunner | None) -> Executor:
     if options.ray is not None:
-        from stream.batch.ray_workers import run_on_ray
-
-        return lambda groups: run_on_ray(groups, out_dir, config, options, interrupt, report)
+        if ray_runner is None:
+            raise ConfigError("a batch on Ray needs its runner: pass stream.batch.ray_workers.run_on_ray")
+        return lambda groups: ray_runner(groups, out_dir, config, options, interrupt, report)
 
     def in_process(groups: list[list[InputFile]]) -> Iterator[Outcome]:
         from stream.pipeline import load_models

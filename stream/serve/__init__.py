@@ -3,7 +3,7 @@
 :class:`Dashboard` is the pipeline observer (newest frame, recent events, health
 per source); :func:`build_app` the Starlette app over it; :class:`DashboardServer`
 the uvicorn server whose shutdown ends the streams. The names are imported on
-first use, so ``stream.serve.cli`` registers the subcommand without the extra.
+first use, so ``stream.commands.serve`` registers the subcommand without the extra.
 """
 
 from __future__ import annotations

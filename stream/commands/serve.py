@@ -1,4 +1,4 @@
-"""``emostream serve SOURCE... [--host H] [--port N]``: the live dashboard (registered by :mod:`stream.cli`).
+"""``emostream serve SOURCE... [--host H] [--port N]``: the live dashboard.
 
 The pipeline runs in a background thread with a :class:`~stream.serve.state.Dashboard`
 observer; uvicorn serves the app on the main thread (it owns SIGINT/SIGTERM while it
@@ -13,19 +13,28 @@ import ipaddress
 import logging
 import os
 import secrets
-import signal
-import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from stream.config import load_config
-from stream.errors import ConfigError, StreamError
+from stream.commands.common import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Interrupt,
+    model_flags,
+    model_overrides,
+    print_summaries,
+    say,
+)
+from stream.commands.run import source_specs
+from stream.config import Config, load_config
+from stream.errors import ConfigError
 
 if TYPE_CHECKING:
     from stream.capture.spec import SourceSpec
+    from stream.serve.state import Dashboard
     from stream.summary import RunSummary
 
 __all__ = ["TOKEN_ENV", "is_loopback", "register"]
@@ -55,9 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pace", action="store_true",
                    help="process video files as fast as possible, once, instead of as live cameras")
     p.add_argument("--out-dir", type=Path, metavar="DIR", help="folder of the outputs (output.dir)")
-    p.add_argument("--config", type=Path, help="YAML config (see config.yaml)")
-    p.add_argument("--model", type=Path, help="emotion classifier ONNX file carrying an emostream contract")
-    p.add_argument("--detector", type=Path, help="BlazeFace ONNX file")
+    model_flags(p)
     p.set_defaults(func=_cmd_serve)
 
 
@@ -77,30 +84,37 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _specs(args: argparse.Namespace) -> list[SourceSpec]:
-    from stream.capture.spec import SourceSpec, load_sources, unique_names
-    from stream.cli import SAMPLE_CLIP
+class _PipelineThread(threading.Thread):
+    """The pipeline, off the main thread (uvicorn owns it): its dashboard, then its summaries or its error."""
 
-    specs = [SourceSpec(s) for s in args.source]
-    if args.sources is not None:
-        specs += load_sources(args.sources)
-    if not specs:
-        specs = [SourceSpec(str(SAMPLE_CLIP))]
-    if not args.no_pace:
-        specs = [replace(s, paced=True) for s in specs]  # only video files are affected
-    return unique_names(specs)
+    def __init__(self, specs: list[SourceSpec], config: Config, interrupt: threading.Event) -> None:
+        super().__init__(name="emostream-pipeline", daemon=True)
+        self.specs, self.config, self.interrupt = specs, config, interrupt
+        self.dashboard: Dashboard | None = None
+        self.summaries: list[RunSummary] = []
+        self.error: BaseException | None = None
+        self.started = threading.Event()  # the sources are open, or the pipeline failed
 
+    def run(self) -> None:
+        from stream.pipeline import Pipeline, RunOptions, load_models
+        from stream.serve.state import Dashboard
 
-class _Interrupt:
-    """SIGINT/SIGTERM outside uvicorn: the first sets the event, a second leaves at once."""
+        try:
+            models = load_models(self.config)
+            self.dashboard = Dashboard(models.classifier.labels, [s.name for s in self.specs],
+                                       uncertain_below=self.config.classifier.uncertain_below)
+            options = RunOptions(display=False, interrupt=self.interrupt)
+            self.summaries = Pipeline(self.specs, self.config, options, models, observers=[self.dashboard]).run()
+        except BaseException as err:
+            self.error = err
+        finally:
+            self.started.set()
 
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.event.is_set():
-            raise KeyboardInterrupt
-        self.event.set()
+    def wait_started(self) -> None:
+        """Until the sources are open, the pipeline failed or the interrupt was set."""
+        while not self.started.wait(0.1):
+            if (self.dashboard is not None and self.dashboard.started.is_set()) or self.interrupt.is_set():
+                return
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -109,55 +123,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from stream.serve.server import DashboardServer, listen
     except ImportError as err:
         raise ConfigError(f"{_EXTRA_HINT} ({err.name} is missing)") from None
-    from stream.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK
     from stream.logtap import WarningTap
-    from stream.pipeline import Pipeline, RunOptions, load_models
-    from stream.serve.state import Dashboard
 
-    interrupt = _Interrupt()
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    interrupt = Interrupt().install()
     config = load_config(args.config).with_overrides({
-        "classifier.model": args.model, "detector.model": args.detector, "output.dir": args.out_dir,
-        "output.progress": False})
-    specs = _specs(args)
+        **model_overrides(args), "output.dir": args.out_dir, "output.progress": False})
+    specs = source_specs(args.source, args.sources)
+    if not args.no_pace:
+        specs = [replace(s, paced=True) for s in specs]  # only video files are affected
+    from stream.capture.spec import unique_names
+
+    specs = unique_names(specs)
     token = os.environ.get(TOKEN_ENV) or None
     token_from_env = token is not None
     if token is None and not is_loopback(args.host):
         token = secrets.token_urlsafe(24)
     sock = listen(args.host, args.port)
     try:
-        holder: dict[str, Any] = {}
-
-        def run_pipeline() -> None:
-            try:
-                models = load_models(config)
-                holder["dashboard"] = dashboard = Dashboard(models.classifier.labels, [s.name for s in specs],
-                                                            uncertain_below=config.classifier.uncertain_below)
-                options = RunOptions(display=False, interrupt=interrupt.event)
-                holder["summaries"] = Pipeline(specs, config, options, models, observers=[dashboard]).run()
-            except BaseException as err:
-                holder["error"] = err
-            finally:
-                holder["done"] = True
-                started.set()
-
-        started = threading.Event()  # the sources are open (or the pipeline failed)
-        pipeline = threading.Thread(target=run_pipeline, name="emostream-pipeline", daemon=True)
+        pipeline = _PipelineThread(specs, config, interrupt.event)
         pipeline.start()
-        while not started.wait(0.1):
-            dash = holder.get("dashboard")
-            if dash is not None and dash.started.is_set():
-                break
-            if interrupt.event.is_set():
-                break
-        if "error" in holder:
-            raise holder["error"]
+        pipeline.wait_started()
+        if pipeline.error is not None:
+            raise pipeline.error
         if interrupt.event.is_set():
             pipeline.join(timeout=60)
-            _print_summaries(holder.get("summaries", []), config)
+            print_summaries(pipeline.summaries, config)
             return EXIT_INTERRUPTED
-        dashboard: Dashboard = holder["dashboard"]
+        assert pipeline.dashboard is not None  # set before the sources open
+        dashboard = pipeline.dashboard
         tap = WarningTap(dashboard.note_log)
         logging.getLogger("stream").addHandler(tap)
         closing = threading.Event()
@@ -165,20 +158,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         def watch() -> None:  # the inference stage failed: stop serving, report it
             pipeline.join()
-            if "error" in holder:
+            if pipeline.error is not None:
                 server.stop()
 
         threading.Thread(target=watch, name="emostream-serve-watch", daemon=True).start()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}/"
-        print(f"emostream serve: dashboard on {url} ({len(specs)} source{'s' if len(specs) > 1 else ''}); "
-              f"Ctrl-C stops it", file=sys.stderr, flush=True)
+        say(f"emostream serve: dashboard on {url} ({len(specs)} source{'s' if len(specs) > 1 else ''}); "
+            f"Ctrl-C stops it")
         if token is not None and not token_from_env:
-            print(f"emostream serve: token (printed once): {token}  ->  {url}?token={token}", file=sys.stderr,
-                  flush=True)
+            say(f"emostream serve: token (printed once): {token}  ->  {url}?token={token}")
         elif token is not None:
-            print(f"emostream serve: token from ${TOKEN_ENV}: open {url}?token=...", file=sys.stderr, flush=True)
+            say(f"emostream serve: token from ${TOKEN_ENV}: open {url}?token=...")
         try:
             server.run(sockets=[sock])
         finally:
@@ -186,33 +178,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             interrupt.event.set()  # uvicorn ended (Ctrl-C, SIGTERM or a failure): finalise the outputs
             pipeline.join(timeout=60)
             logging.getLogger("stream").removeHandler(tap)
-        if "error" in holder:
-            raise holder["error"]
-        summaries = holder.get("summaries", [])
-        _print_summaries(summaries, config)
+        if pipeline.error is not None:
+            raise pipeline.error
+        failed = print_summaries(pipeline.summaries, config)
         if pipeline.is_alive():
-            print("emostream: error: the pipeline did not stop within 60 s", file=sys.stderr)
+            say("emostream: error: the pipeline did not stop within 60 s")
             return EXIT_BAD_INPUT
-        if server.signalled or any(s.interrupted for s in summaries):
-            print("interrupted: outputs finalised", file=sys.stderr)
+        if server.signalled or any(s.interrupted for s in pipeline.summaries):
+            say("interrupted: outputs finalised")
             return EXIT_INTERRUPTED
-        return EXIT_BAD_INPUT if any(s.error is not None for s in summaries) else EXIT_OK
+        return EXIT_BAD_INPUT if failed else EXIT_OK
     finally:
         sock.close()
-
-
-def _print_summaries(summaries: list[RunSummary], config: Any) -> None:
-    from stream.cli import _episodes_and_report
-    from stream.contract import printable
-
-    for summary in summaries:
-        for line in summary.lines():
-            print(f"[{summary.source_id}] {printable(line)}", file=sys.stderr)
-        try:
-            _episodes_and_report(summary.outputs, summary.lines(), config, False)
-        except StreamError as err:
-            print(f"emostream: error: episodes of source {summary.source_id}: {printable(str(err))}", file=sys.stderr)
-    for summary in summaries:
-        if summary.error is not None:
-            print(f"emostream: error: source {summary.source_id} ({summary.source}): {printable(str(summary.error))}",
-                  file=sys.stderr)
