@@ -38,8 +38,10 @@ import numpy as np
 
 from stream.capture.sources import is_image_file
 from stream.config import EpisodesConfig
-from stream.episodes import Episode, EventTable, derive_episodes, log_name, write_episodes
+from stream.contract import printable
+from stream.episodes import Episode, EventTable, derive_episodes, episodes_text, log_name
 from stream.errors import ConfigError, OutputError
+from stream.render.outputs import OutputGroup
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,6 +59,10 @@ EMOTION_COLORS = {
 _SPARE_COLORS = ["#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#aec7e8", "#98df8a"]
 _THUMB_PX = 112
 _OVERVIEW_MAX_TRACKS = 12
+#: Tracks drawn (one PNG and one section each), most-seen first; the page says how many more there were.
+_MAX_TRACKS = 50
+#: Rows of the episode table in the page (episodes.jsonl holds them all).
+_MAX_EPISODE_ROWS = 5000
 #: A timeline ~1000 px wide shows no more than this many points: longer tracks are averaged into bins.
 _PLOT_POINTS = 2000
 #: Frames further than this apart cannot be reached by decoding forward; seek instead.
@@ -122,39 +128,49 @@ def write_report(events_path: Path, out_dir: Path | None = None, *, config: Epis
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"report folder '{out_dir}' could not be written: {err.strerror or err}") from err
+        raise OutputError(f"report folder '{printable(str(out_dir))}' could not be written: "
+                          f"{err.strerror or err}") from err
     if not out_dir.is_dir():
-        raise OutputError(f"report folder '{out_dir}' could not be written: not a directory")
+        raise OutputError(f"report folder '{printable(str(out_dir))}' could not be written: not a directory")
 
-    tracks = table.tracks()
+    all_tracks = table.tracks()
+    tracks = all_tracks[:_MAX_TRACKS]  # most-seen first: a log with a thousand tracks draws the top ones
     colors = _colors(table.labels)
-    thumbs, thumbs_from = _thumbnails(table, tracks, events_path, video)
     name = log_name(events_path)
     multi = len(table.sources) > 1
     slug = {key: f"{key[0]}-{key[1]}" if multi else str(key[1]) for key in tracks}
-
-    pngs: list[Path] = []
-    track_png: dict[tuple[int, int], bytes] = {}
-    for key in tracks:
-        fig = _new_figure(canvas_cls, 10.0, 2.3)
-        _draw_rows(fig, table, [key], episodes, colors, thumbs)
-        track_png[key] = _save(fig, out_dir / f"track-{slug[key]}.png", pngs)
-    overview = tracks[:_OVERVIEW_MAX_TRACKS]
-    fig = _new_figure(canvas_cls, 10.0, 0.6 + 1.9 * max(1, len(overview)))
-    _draw_rows(fig, table, overview, episodes, colors, thumbs)
-    _save(fig, out_dir / "timelines.png", pngs)
-    fig = _new_figure(canvas_cls, 10.0, 1.0 + 0.45 * max(1, len(tracks)))
-    _draw_shares(fig, table, tracks, colors)
-    shares_png = _save(fig, out_dir / "shares.png", pngs)
-
-    episodes_file = write_episodes(episodes, out_dir / "episodes.jsonl")
-    page = _page(name, table, tracks, slug, episodes, colors, track_png, shares_png, thumbs_from,
-                 config, run_lines, settings)
     html_path = out_dir / "report.html"
-    try:
-        html_path.write_text(page, encoding="utf-8")
-    except OSError as err:
-        raise OutputError(f"report '{html_path}' could not be written: {err.strerror or err}") from err
+    with OutputGroup() as outputs:
+        # Every output checked and locked before any is written: a folder named report.html, or a
+        # second report into the same folder, fails with nothing written and the earlier report intact.
+        for key in tracks:
+            outputs.add(out_dir / f"track-{slug[key]}.png", "report figure")
+        for figure in ("timelines.png", "shares.png"):
+            outputs.add(out_dir / figure, "report figure")
+        outputs.add(out_dir / "episodes.jsonl", "episodes")
+        outputs.add(html_path, "report")
+
+        thumbs, thumbs_from = _thumbnails(table, tracks, events_path, video)
+        pngs: list[Path] = []
+        track_png: dict[tuple[int, int], bytes] = {}
+        for key in tracks:
+            fig = _new_figure(canvas_cls, 10.0, 2.3)
+            _draw_rows(fig, table, [key], episodes, colors, thumbs)
+            track_png[key] = _save(fig, out_dir / f"track-{slug[key]}.png", outputs, pngs)
+        overview = tracks[:_OVERVIEW_MAX_TRACKS]
+        fig = _new_figure(canvas_cls, 10.0, 0.6 + 1.9 * max(1, len(overview)))
+        _draw_rows(fig, table, overview, episodes, colors, thumbs)
+        _save(fig, out_dir / "timelines.png", outputs, pngs)
+        fig = _new_figure(canvas_cls, 10.0, 1.0 + 0.45 * max(1, len(tracks)))
+        _draw_shares(fig, table, tracks, colors)
+        shares_png = _save(fig, out_dir / "shares.png", outputs, pngs)
+
+        episodes_file = out_dir / "episodes.jsonl"
+        outputs.write(episodes_file, episodes_text(episodes))
+        page = _page(name, table, tracks, slug, episodes, colors, track_png, shares_png, thumbs_from,
+                     config, run_lines, settings, all_tracks=len(all_tracks))
+        outputs.write(html_path, page)
+        outputs.commit()
     return Report(html=html_path, pngs=pngs, episodes=episodes_file, tracks=len(tracks),
                   episode_count=len(episodes), thumbnails_from=thumbs_from)
 
@@ -273,14 +289,11 @@ def _new_figure(canvas_cls: type, width_in: float, height_in: float) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path, written: list[Path]) -> bytes:
+def _save(fig: Figure, path: Path, outputs: OutputGroup, written: list[Path]) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     data = buffer.getvalue()
-    try:
-        path.write_bytes(data)
-    except OSError as err:
-        raise OutputError(f"report figure '{path}' could not be written: {err.strerror or err}") from err
+    outputs.write(path, data)
     written.append(path)
     return data
 
@@ -437,7 +450,7 @@ def _rows(pairs: Sequence[tuple[str, str]]) -> str:
 def _page(name: str, table: EventTable, tracks: list[tuple[int, int]], slug: Mapping[tuple[int, int], str],
           episodes: Sequence[Episode], colors: Mapping[str, str], track_png: Mapping[tuple[int, int], bytes],
           shares_png: bytes, thumbs_from: Path | None, config: EpisodesConfig, run_lines: Sequence[str],
-          settings: Mapping[str, Any] | None) -> str:
+          settings: Mapping[str, Any] | None, *, all_tracks: int) -> str:
     esc = html.escape
     interval = table.frame_interval_s()
     duration = float(table.frame_t_s.max() - table.frame_t_s.min()) + interval
@@ -448,7 +461,8 @@ def _page(name: str, table: EventTable, tracks: list[tuple[int, int]], slug: Map
                               + (f", {1 / interval:.2f} frames/s)" if interval > 0 else ")")),
         ("faces", f"{table.faces} in {int(np.count_nonzero(np.bincount(table.face_row, minlength=table.frames)))}"
                   " frames"),
-        ("tracks", str(len(tracks))),
+        ("tracks", str(all_tracks) + (f" (the {len(tracks)} seen in most frames are drawn below)"
+                                      if all_tracks > len(tracks) else "")),
         ("episodes", str(len(episodes))),
     ]
     if latency.size:
@@ -477,13 +491,20 @@ def _page(name: str, table: EventTable, tracks: list[tuple[int, int]], slug: Map
 
     options = "".join(f'<option value="{slug[k]}">track {k[1]}</option>' for k in tracks)
     slug_of = {(table.sources[k[0]], k[1]): slug[k] for k in tracks}
+    shown = [e for e in episodes if (e.source, e.track_id) in slug_of][:_MAX_EPISODE_ROWS]
     ep_rows = "".join(
         f'<tr data-track="{slug_of[(e.source, e.track_id)]}"><td>{e.track_id}</td>'
         f'<td><span class="swatch" style="background:{colors[e.label]}"></span>{esc(e.label)}</td>'
         f'<td class="num">{e.start_s:.2f}</td><td class="num">{e.end_s:.2f}</td>'
         f'<td class="num">{e.duration_s:.2f}</td><td class="num">{e.start_frame}–{e.end_frame}</td>'
         f'<td class="num">{e.mean_confidence:.2f}</td><td class="num">{e.peak_confidence:.2f}</td></tr>'
-        for e in episodes)
+        for e in shown)
+    ep_note = (f'<p class="muted">{len(shown)} of {len(episodes)} episodes listed (those of the tracks drawn '
+               f"above, at most {_MAX_EPISODE_ROWS}); <code>episodes.jsonl</code> holds them all.</p>"
+               if len(shown) < len(episodes) else "")
+    more = (f'<p class="muted">{all_tracks - len(tracks)} more track(s), seen in fewer frames, are not drawn '
+            f"(at most {_MAX_TRACKS}); their episodes are in <code>episodes.jsonl</code>.</p>"
+            if all_tracks > len(tracks) else "")
     rules = [("episodes.min_duration_s", str(config.min_duration_s)),
              ("episodes.hysteresis", str(config.hysteresis)), ("episodes.max_gap_s", str(config.max_gap_s))]
     run = (f"<pre>{esc(chr(10).join(run_lines))}</pre>" if run_lines else
@@ -504,8 +525,8 @@ def _page(name: str, table: EventTable, tracks: list[tuple[int, int]], slug: Map
 <section id="people"><h2>People (one timeline per track id)</h2>
 <p class="muted">Stacked probabilities over time (blank where the face was not seen); the bar under each
 timeline shows its episodes. A face that leaves and comes back may get a new track id.</p>
-{"".join(people) or "<p>No face was seen in this run.</p>"}</section>
-<section id="episodes"><h2>Episodes</h2>
+{"".join(people) or "<p>No face was seen in this run.</p>"}{more}</section>
+<section id="episodes"><h2>Episodes</h2>{ep_note}
 <p><label>Track <select id="episode-filter"><option value="">all</option>{options}</select></label></p>
 <table id="episode-table"><thead><tr><th>track</th><th>emotion</th><th>start (s)</th><th>end (s)</th>
 <th>duration (s)</th><th>frames</th><th>mean conf.</th><th>peak conf.</th></tr></thead>

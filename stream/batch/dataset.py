@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from stream.errors import ConfigError, OutputError
+from stream.render.outputs import OutputFile, OutputGroup
 
 __all__ = ["FACES", "TRACKS", "VIDEOS", "InputTables", "combine", "input_tables", "require_pyarrow"]
 
@@ -157,13 +157,23 @@ def write_part(tables: InputTables, labels: Sequence[str], share_labels: Sequenc
     pa = require_pyarrow()
     import pyarrow.parquet as pq
 
-    part.parent.mkdir(parents=True, exist_ok=True)
     for kind, table in ((FACES, pa.Table.from_pydict(tables.faces, schema=_faces_schema(labels))),
                         (TRACKS, pa.Table.from_pylist(tables.tracks, schema=_track_schema(share_labels)))):
-        final = part.with_name(f"{part.name}.{kind}.parquet")
-        tmp = final.with_name(f".{final.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        with OutputGroup() as out:
+            target = out.add(part.with_name(f"{part.name}.{kind}.parquet"), "dataset part")
+            with _arrow_errors(target):
+                pq.write_table(table, target.write_path)
+            out.commit()
+
+
+@contextlib.contextmanager
+def _arrow_errors(target: OutputFile) -> Iterator[None]:
+    """pyarrow's I/O errors (``ArrowIOError`` is an ``OSError``: a full disk) as one-line OutputErrors."""
+    try:
+        yield
+    except OSError as err:
+        raise OutputError(f"{target.what} '{target.path}' could not be written: "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
 
 
 def part_files(part: Path) -> tuple[Path, Path]:
@@ -188,32 +198,36 @@ def combine(parts: Iterable[Path], videos: list[dict[str, Any]], labels: Sequenc
     parts = list(parts)
     written: dict[str, Path | int] = {}
     schemas = {FACES: _faces_schema(labels), TRACKS: _track_schema(share_labels)}
-    for kind, schema in schemas.items():
-        rows = 0
-        final, tmp = out_dir / f"{kind}.parquet", out_dir / f".{kind}.parquet.tmp"
-        final_csv, tmp_csv = out_dir / f"{kind}.csv", out_dir / f".{kind}.csv.tmp"
-        with pq.ParquetWriter(tmp, schema) as writer, \
-                (pcsv.CSVWriter(tmp_csv, schema) if csv else contextlib.nullcontext()) as csv_writer:
-            for part in parts:
-                table = pq.read_table(part_files(part)[0 if kind == FACES else 1], schema=schema)
-                writer.write_table(table)
-                if csv_writer is not None:
-                    csv_writer.write_table(table)
-                rows += table.num_rows
-        os.replace(tmp, final)
-        written[kind] = final
-        written[f"{kind}_rows"] = rows
+    with OutputGroup() as out:
+        # All tables published together at the end: an interrupted or failed combine leaves the
+        # earlier dataset as it was.
+        for kind, schema in schemas.items():
+            rows = 0
+            target = out.add(out_dir / f"{kind}.parquet", "dataset")
+            csv_target = out.add(out_dir / f"{kind}.csv", "dataset") if csv else None
+            with _arrow_errors(target), pq.ParquetWriter(target.write_path, schema) as writer, \
+                    (pcsv.CSVWriter(csv_target.write_path, schema) if csv_target is not None
+                     else contextlib.nullcontext()) as csv_writer:
+                for part in parts:
+                    table = pq.read_table(part_files(part)[0 if kind == FACES else 1], schema=schema)
+                    writer.write_table(table)
+                    if csv_writer is not None:
+                        csv_writer.write_table(table)
+                    rows += table.num_rows
+            written[kind] = target.path
+            written[f"{kind}_rows"] = rows
+            if csv_target is not None:
+                written[f"{kind}_csv"] = csv_target.path
+        table = pa.Table.from_pylist(videos, schema=_video_schema(share_labels))
+        target = out.add(out_dir / f"{VIDEOS}.parquet", "dataset")
+        with _arrow_errors(target):
+            pq.write_table(table, target.write_path)
+        written[VIDEOS] = target.path
+        written[f"{VIDEOS}_rows"] = table.num_rows
         if csv:
-            os.replace(tmp_csv, final_csv)
-            written[f"{kind}_csv"] = final_csv
-    table = pa.Table.from_pylist(videos, schema=_video_schema(share_labels))
-    final = out_dir / f"{VIDEOS}.parquet"
-    pq.write_table(table, out_dir / f".{VIDEOS}.parquet.tmp")
-    os.replace(out_dir / f".{VIDEOS}.parquet.tmp", final)
-    written[VIDEOS] = final
-    written[f"{VIDEOS}_rows"] = table.num_rows
-    if csv:
-        pcsv.write_csv(table, out_dir / f".{VIDEOS}.csv.tmp")
-        os.replace(out_dir / f".{VIDEOS}.csv.tmp", out_dir / f"{VIDEOS}.csv")
-        written[f"{VIDEOS}_csv"] = out_dir / f"{VIDEOS}.csv"
+            csv_target = out.add(out_dir / f"{VIDEOS}.csv", "dataset")
+            with _arrow_errors(csv_target):
+                pcsv.write_csv(table, csv_target.write_path)
+            written[f"{VIDEOS}_csv"] = csv_target.path
+        out.commit()
     return written

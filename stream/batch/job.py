@@ -31,6 +31,7 @@ from stream.capture.sources import is_image_file
 from stream.capture.spec import SourceSpec
 from stream.config import Config
 from stream.errors import ConfigError, OutputError, StreamError
+from stream.render.outputs import partial_path, write_output
 
 __all__ = ["BatchOptions", "JobFolder", "JobReport", "Outcome", "process_group", "run_batch"]
 
@@ -157,10 +158,7 @@ class JobFolder:
                   "frames": outcome.frames, "faces": outcome.faces, "warning": outcome.warning,
                   "video_row": outcome.video_row, "outputs": outcome.outputs, "labels": outcome.labels,
                   "share_labels": outcome.share_labels, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        final = self._marker(item)
-        tmp = final.with_name(f".{final.name}.tmp")
-        tmp.write_text(json.dumps(marker), encoding="utf-8")
-        os.replace(tmp, final)
+        write_output(self._marker(item), json.dumps(marker), "done-marker")
 
     def forget(self, item: InputFile) -> None:
         """Drop an input's marker (it is about to be redone)."""
@@ -170,8 +168,6 @@ class JobFolder:
 
 def _partial_leftovers(paths: Sequence[Path]) -> None:
     """Remove the partial files an earlier, killed run of these inputs left (they are redone from the start)."""
-    from stream.render.outputs import partial_path
-
     for path in paths:
         with contextlib.suppress(OSError):
             partial_path(path).unlink()
@@ -377,9 +373,7 @@ def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, option
         else:
             report.notes.append("no input finished: no dataset written")
         report.failed.sort(key=lambda f: f["input"])
-        tmp = out_dir / ".job.json.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, out_dir / "job.json")
+        write_output(out_dir / "job.json", json.dumps(dataclasses.asdict(report), indent=2) + "\n", "job report")
     return report
 
 

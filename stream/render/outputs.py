@@ -16,6 +16,11 @@ the run ends well (also after Ctrl-C/SIGTERM, whose outputs are finalised):
 
 A FIFO or a character device (``/dev/stdout``) named as the event log is
 written directly: there is nothing to rename.
+
+Outputs written whole (a report's HTML and PNGs, episode lists, a batch job's
+dataset and job files) go the same way through :func:`write_output`, and outputs
+that belong together through an :class:`OutputGroup`: every target is checked
+and locked before the first byte is written, and all are renamed at the end.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from pathlib import Path
 from stream.config import file_kind
 from stream.errors import OutputError
 
-__all__ = ["VIDEO_SUFFIXES", "OutputFile", "check_output_paths", "partial_path", "same_file"]
+__all__ = ["VIDEO_SUFFIXES", "OutputFile", "OutputGroup", "check_output_paths", "partial_path", "same_file",
+           "write_output"]
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +214,91 @@ def _fsync_dir(folder: Path) -> None:
         pass  # some filesystems refuse fsync on a folder; the rename itself is done
     finally:
         os.close(fd)
+
+
+def _write_whole(target: OutputFile, data: bytes | str) -> None:
+    """Write ``data`` into ``target``'s partial file (the caller commits or discards)."""
+    try:
+        with open(target.write_path, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+    except OSError as err:
+        raise OutputError(f"{target.what} '{target.path}' could not be written: {err.strerror or err}") from err
+
+
+def write_output(path: Path | str, data: bytes | str, what: str) -> Path:
+    """Write a whole output at once: its partial file, flushed, then renamed over ``path``.
+
+    A failure (full disk, a folder in the way, another run writing it) leaves an earlier
+    file named ``path`` as it was and removes the partial file.
+
+    Args:
+        path: The final name.
+        data: The content (``str`` is written as UTF-8).
+        what: How messages name it.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OutputError: It could not be written.
+    """
+    target = OutputFile(path, what)
+    try:
+        _write_whole(target, data)
+        target.commit()
+    finally:
+        target.discard(keep=False)  # no-op after a commit
+    return target.path
+
+
+class OutputGroup:
+    """Outputs published together (a report's HTML, PNGs and episodes).
+
+    :meth:`add` every output first: each is checked and its partial file locked, so a
+    folder in the way or a second run is refused before anything is written. Write
+    each (:meth:`write`, or into :attr:`OutputFile.write_path`), then :meth:`commit`
+    renames them all. Leaving the ``with`` block without a commit discards every
+    partial file: earlier files with the final names stay as they were.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[Path, OutputFile] = {}
+
+    def add(self, path: Path | str, what: str) -> OutputFile:
+        """Check and lock one more output (before anything is written).
+
+        Raises:
+            OutputError: It cannot be written (see :class:`OutputFile`).
+        """
+        path = Path(path)
+        if path not in self.files:
+            self.files[path] = OutputFile(path, what)
+        return self.files[path]
+
+    def write(self, path: Path | str, data: bytes | str) -> None:
+        """Write the whole content of an added output into its partial file.
+
+        Raises:
+            OutputError: The data could not be written.
+        """
+        _write_whole(self.files[Path(path)], data)
+
+    def commit(self) -> None:
+        """Publish every output (flush, rename over the final names).
+
+        Raises:
+            OutputError: A rename failed (the outputs not yet renamed are discarded).
+        """
+        for target in self.files.values():
+            target.commit()
+
+    def discard(self) -> None:
+        """Remove every partial file not published (idempotent)."""
+        for target in self.files.values():
+            target.discard(keep=False)
+
+    def __enter__(self) -> OutputGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
