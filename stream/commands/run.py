@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--report", action="store_true",
                      help="also write the HTML report (and PNGs) to <name>.report/ beside the event log")
+    run.add_argument("--mqtt", metavar="URL",
+                     help="also publish faces, episodes and health to an MQTT broker: mqtt://[user@]host[:port]/prefix "
+                          "(mqtt.url; the password in $EMOSTREAM_MQTT_PASSWORD; README 'MQTT')")
     run.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                      help="camera fleet: the sources run on Ray actors (the cluster at ADDRESS, else RAY_ADDRESS, "
                           "else a local Ray); event logs and health gathered here; no annotated video")
@@ -70,6 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "runtime.batch_size": args.batch_size,
         "output.progress": False if args.no_progress else None,
         "output.dir": args.out_dir,
+        "mqtt.url": args.mqtt,
     })
     specs = source_specs(args.source, args.sources)
     if args.output is not None or args.events is not None:
@@ -84,8 +88,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(display=display, max_frames=args.max_frames, max_seconds=args.max_seconds,
                          interrupt=interrupt.event)
     if args.ray is not None:
+        if config.mqtt.url:
+            raise ConfigError("--mqtt (mqtt.url) does not work with --ray yet: run without one of them")
         return _run_fleet(args, config, specs, options)
-    summaries = Pipeline(specs, config, options).run()
+    models, observers = None, []
+    if config.mqtt.url:
+        from stream.pipeline import load_models
+        from stream.sinks.mqtt import MqttPublisher
+
+        models = load_models(config)
+        observers.append(MqttPublisher.from_config(config, models.classifier.labels).start())
+    try:
+        summaries = Pipeline(specs, config, options, models, observers=observers).run()
+    finally:
+        for observer in observers:
+            observer.close()
     if len(summaries) == 1 and summaries[0].error is not None:
         raise summaries[0].error  # one source: its failure is the run's one error line
     failed = print_summaries(summaries, config, report=args.report)

@@ -16,7 +16,7 @@ import secrets
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stream.commands.common import (
     EXIT_BAD_INPUT,
@@ -34,6 +34,7 @@ from stream.errors import ConfigError
 
 if TYPE_CHECKING:
     from stream.capture.spec import SourceSpec
+    from stream.serve.metrics import PipelineMetrics
     from stream.serve.state import Dashboard
     from stream.summary import RunSummary
 
@@ -64,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pace", action="store_true",
                    help="process video files as fast as possible, once, instead of as live cameras")
     p.add_argument("--out-dir", type=Path, metavar="DIR", help="folder of the outputs (output.dir)")
+    p.add_argument("--mqtt", metavar="URL",
+                   help="also publish faces, episodes and health to an MQTT broker: mqtt://[user@]host[:port]/prefix "
+                        "(mqtt.url; the password in $EMOSTREAM_MQTT_PASSWORD; README 'MQTT')")
     model_flags(p)
     p.set_defaults(func=_cmd_serve)
 
@@ -91,23 +95,35 @@ class _PipelineThread(threading.Thread):
         super().__init__(name="emostream-pipeline", daemon=True)
         self.specs, self.config, self.interrupt = specs, config, interrupt
         self.dashboard: Dashboard | None = None
+        self.metrics: PipelineMetrics | None = None  # GET /metrics
         self.summaries: list[RunSummary] = []
         self.error: BaseException | None = None
         self.started = threading.Event()  # the sources are open, or the pipeline failed
 
     def run(self) -> None:
         from stream.pipeline import Pipeline, RunOptions, load_models
+        from stream.serve.metrics import PipelineMetrics
         from stream.serve.state import Dashboard
 
+        mqtt = None
         try:
             models = load_models(self.config)
-            self.dashboard = Dashboard(models.classifier.labels, [s.name for s in self.specs],
-                                       uncertain_below=self.config.classifier.uncertain_below)
+            labels, uncertain_below = models.classifier.labels, self.config.classifier.uncertain_below
+            self.metrics = PipelineMetrics(labels, uncertain_below=uncertain_below)
+            self.dashboard = Dashboard(labels, [s.name for s in self.specs], uncertain_below=uncertain_below)
+            observers: list[Any] = [self.dashboard, self.metrics]
+            if self.config.mqtt.url:
+                from stream.sinks.mqtt import MqttPublisher
+
+                mqtt = MqttPublisher.from_config(self.config, labels).start()
+                observers.append(mqtt)
             options = RunOptions(display=False, interrupt=self.interrupt)
-            self.summaries = Pipeline(self.specs, self.config, options, models, observers=[self.dashboard]).run()
+            self.summaries = Pipeline(self.specs, self.config, options, models, observers=observers).run()
         except BaseException as err:
             self.error = err
         finally:
+            if mqtt is not None:
+                mqtt.close()
             self.started.set()
 
     def wait_started(self) -> None:
@@ -127,7 +143,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     interrupt = Interrupt().install()
     config = load_config(args.config).with_overrides({
-        **model_overrides(args), "output.dir": args.out_dir, "output.progress": False})
+        **model_overrides(args), "output.dir": args.out_dir, "output.progress": False, "mqtt.url": args.mqtt})
     specs = source_specs(args.source, args.sources)
     if not args.no_pace:
         specs = [replace(s, paced=True) for s in specs]  # only video files are affected
@@ -154,7 +170,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tap = WarningTap(dashboard.note_log)
         logging.getLogger("stream").addHandler(tap)
         closing = threading.Event()
-        server = DashboardServer(build_app(dashboard, token=token, closing=closing), closing)
+        server = DashboardServer(build_app(dashboard, token=token, closing=closing, metrics=pipeline.metrics), closing)
 
         def watch() -> None:  # the inference stage failed: stop serving, report it
             pipeline.join()

@@ -7,6 +7,7 @@
     GET /api/sources/{id}/status     one source's health
     GET /api/events[?since=SEQ&source=ID&limit=N]   recent per-frame events (the event-log records + seq)
     GET /api/events/stream[?since=SEQ]              the same as Server-Sent Events, plus health every second
+    GET /metrics                     Prometheus metrics (:mod:`stream.serve.metrics`)
 
 With a token, every request needs ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``
 (an ``<img>`` or an ``EventSource`` cannot send headers). Without one (bound to
@@ -34,6 +35,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stream.serve.metrics import PipelineMetrics, metrics_endpoint
 from stream.serve.state import Dashboard
 
 __all__ = ["DEFAULT_STREAM_FPS", "MAX_STREAM_FPS", "build_app"]
@@ -102,13 +104,15 @@ class _Guard:
         return None
 
 
-def build_app(dashboard: Dashboard, *, token: str | None = None, closing: threading.Event | None = None) -> ASGIApp:
+def build_app(dashboard: Dashboard, *, token: str | None = None, closing: threading.Event | None = None,
+              metrics: PipelineMetrics | None = None) -> ASGIApp:
     """The dashboard's ASGI app.
 
     Args:
         dashboard: The observer of the running pipeline.
         token: Required on every request when given (see the module docstring).
         closing: Set when the server shuts down: the endless responses (streams, events) end.
+        metrics: The observer behind ``GET /metrics`` (no such route without it).
 
     Returns:
         The app, wrapped in the token/Host guard.
@@ -209,6 +213,7 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
         Route("/api/events/stream", event_stream),
         Route("/stream/{sid}.mjpg", mjpeg),
         Route("/frame/{sid}.jpg", frame),
+        *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
     ], exception_handlers={_NotFound: _not_found, _BadQuery: _bad_query})
     return _Guard(app, token)
 

@@ -49,7 +49,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from stream.capture.credentials import with_password
-from stream.config import EpisodesConfig, MqttConfig
+from stream.config import Config, EpisodesConfig, MqttConfig
 from stream.episodes import Episode
 from stream.errors import ConfigError
 from stream.labels import face_label
@@ -182,6 +182,8 @@ class _Source:
     display: str  # the source as the event log names it
     tracks: dict[int, _Track] = field(default_factory=dict)
     faces_key: tuple[tuple[int, str], ...] | None = None
+    last: FrameResult | None = None  # the newest result (its faces state may wait for min_interval_s)
+    last_key: tuple[tuple[int, str], ...] | None = None
     next_faces_s: float = 0.0
     dt_s: float = 0.0
     t_media_s: float | None = None
@@ -247,6 +249,11 @@ class MqttPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         self._client = client
+
+    @classmethod
+    def from_config(cls, config: Config, labels: Sequence[str]) -> MqttPublisher:
+        """The publisher of ``config.mqtt`` with the run's labelling and episode rules (not started)."""
+        return cls(config.mqtt, labels, uncertain_below=config.classifier.uncertain_below, episodes=config.episodes)
 
     @property
     def dropped(self) -> int:
@@ -318,6 +325,7 @@ class MqttPublisher:
         src.t_media_s = t
         self._episodes(src, result)
         key = tuple((f.id, face_label(f.probs, self.labels, self.uncertain_below)) for f in result.faces)
+        src.last, src.last_key = result, key
         if key != src.faces_key and now >= src.next_faces_s:
             src.faces_key, src.next_faces_s = key, now + self.config.min_interval_s
             self._publish_faces(src, result)
@@ -327,6 +335,10 @@ class MqttPublisher:
     def on_source_end(self, summary: RunSummary) -> None:
         src = self._source(summary)
         src.health.on_end()
+        if src.last is not None and src.last_key != src.faces_key:  # a change the rate limit held back
+            src.faces_key = src.last_key
+            self._publish_faces(src, src.last)
+        src.last = None
         for track_id in list(src.tracks):
             self._end_track(src, track_id, clear=True)
         self._publish_health(src, time.monotonic())
