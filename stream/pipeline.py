@@ -30,7 +30,7 @@ from tqdm import tqdm
 from stream.capture import CaptureThread, FrameSource, ImageSource, LiveSource, open_source
 from stream.capture.spec import SourceSpec, source_name, unique_names
 from stream.config import CaptureConfig, Config
-from stream.errors import StreamError
+from stream.errors import ConfigError, StreamError
 from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
 from stream.infer.session import BatchBuckets, resolve_providers
 from stream.records import EndOfStream, FrameResult, StageError
@@ -67,6 +67,9 @@ class RunOptions:
         max_frames: Stop each source after this many frames.
         max_seconds: Stop after this many seconds (exit 0).
         interrupt: Set (by a signal handler) to end the run early between two frames, outputs finalised.
+        publish_interrupted: Publish the outputs of the sources the interrupt cut short (``run``: yes,
+            a Ctrl-C keeps what was recorded). A batch job says no: an unfinished input's outputs
+            stay under their partial names (its earlier outputs, if any, as they were) and it is redone.
     """
 
     output: Path | None = None
@@ -75,6 +78,7 @@ class RunOptions:
     max_frames: int | None = None
     max_seconds: float | None = None
     interrupt: threading.Event | None = None
+    publish_interrupted: bool = True
 
 
 def load_models(config: Config) -> Models:
@@ -161,6 +165,12 @@ class Pipeline:
                  models: Models | None = None, observers: Sequence[Observer] = ()) -> None:
         if not sources:
             raise ValueError("a pipeline needs at least one source")
+        if len(sources) > config.capture.max_sources:
+            # Each file source buffers up to capture.queue_size decoded frames: 200 sources took 15 GB.
+            raise ConfigError(f"{len(sources)} sources in one process: more than capture.max_sources "
+                              f"({config.capture.max_sources}); raise it in a --config file if the memory is "
+                              "there (each video file buffers up to capture.queue_size frames), or split "
+                              "the sources over several runs")
         self.specs = unique_names(sources)
         self.config = config
         self.options = options
@@ -235,7 +245,10 @@ class Pipeline:
             if inference is not None:
                 inference.close()
             for sink in sinks:
-                sink.close()
+                if sink.summary.interrupted and not options.publish_interrupted:
+                    sink.abort()  # a source that had already ended is closed: abort leaves it published
+                else:
+                    sink.close()
             if window is not None:
                 window.close()
         return summaries
@@ -304,7 +317,8 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
                 break
             if options.interrupt is not None and options.interrupt.is_set():
                 for sink in sinks:
-                    sink.summary.interrupted = True
+                    if not sink.closed:  # a source that ended before the interrupt is complete
+                        sink.summary.interrupted = True
                 break
             try:
                 item = results.get(timeout=_POLL_S)

@@ -120,8 +120,11 @@ def find_inputs(args: Sequence[str], exclude: Path | None = None) -> tuple[list[
         raise ConfigError(f"batch: no video or image found in {', '.join(repr(a) for a in args)}")
     absolute = list(dict.fromkeys(Path(os.path.abspath(p)) for p in found))  # keep order, once each
     if exclude is not None:
-        skip = Path(os.path.abspath(exclude))
-        absolute = [p for p in absolute if not p.is_relative_to(skip)]
+        # By resolved path: an output folder that is a symlink into an input folder (or an input
+        # folder reached through a symlink) must not have the job read its own outputs back.
+        skip = Path(os.path.realpath(exclude))
+        absolute = [p for p in absolute if not Path(os.path.realpath(p)).is_relative_to(skip)
+                    and not p.is_relative_to(Path(os.path.abspath(exclude)))]
         if not absolute:
             raise ConfigError(f"batch: every file found is inside the output folder '{exclude}'")
     base = Path(os.path.commonpath([os.path.abspath(r) for r in roots] + [str(p.parent) for p in absolute]))

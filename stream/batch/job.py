@@ -148,6 +148,12 @@ class JobFolder:
             return None
         if video and not marker.get("video"):
             return None
+        # Its outputs must still be there, as written: a deleted or replaced event log or video is redone.
+        prints = marker.get("output_prints") or {}
+        for path in marker.get("outputs") or []:
+            now = fingerprint(path)
+            if now is None or (path in prints and list(now) != prints[path]):
+                return None
         if not all(p.is_file() for p in part_files(self.part(item))):
             return None
         return marker
@@ -157,7 +163,8 @@ class JobFolder:
         marker = {"input": item.path, "rel": item.rel, "fingerprint": list(print_ or []), "video": video,
                   "frames": outcome.frames, "faces": outcome.faces, "warning": outcome.warning,
                   "video_row": outcome.video_row, "outputs": outcome.outputs, "labels": outcome.labels,
-                  "share_labels": outcome.share_labels, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                  "share_labels": outcome.share_labels, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "output_prints": {p: list(f) for p in outcome.outputs if (f := fingerprint(p)) is not None}}
         write_output(self._marker(item), json.dumps(marker), "done-marker")
 
     def forget(self, item: InputFile) -> None:
@@ -208,7 +215,9 @@ def process_group(items: Sequence[InputFile], out_dir: Path, config: Config, mod
                                 max_frames=max_frames))
     t0 = time.perf_counter()
     try:
-        summaries = Pipeline(specs, config, RunOptions(display=False, interrupt=interrupt), models).run()
+        # An input the interrupt cuts short is not published: its outputs stay partial, it is redone.
+        options = RunOptions(display=False, interrupt=interrupt, publish_interrupted=False)
+        summaries = Pipeline(specs, config, options, models).run()
     except StreamError as err:
         if len(items) == 1:
             return [Outcome(items[0].key, items[0].rel, FAILED, reason=str(err))]
@@ -315,6 +324,9 @@ def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, option
     from stream.batch.dataset import combine, require_pyarrow
 
     require_pyarrow()
+    if options.parallel > config.capture.max_sources:
+        raise ConfigError(f"--parallel {options.parallel}: more than capture.max_sources "
+                          f"({config.capture.max_sources}) inputs in one pipeline")
     out_dir = Path(out_dir).absolute()  # Ray workers run in another folder: never hand them a relative path
     config = config.with_overrides({"output.video": options.video, "output.events": True,
                                     "output.progress": False, "output.dir": out_dir})

@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from typing import Any
 from stream.batch.inputs import InputFile
 from stream.batch.job import FAILED, BatchOptions, JobReport, Outcome, process_group
 from stream.config import Config
+from stream.contract import printable
 from stream.errors import ConfigError, StreamError
 
 __all__ = ["ACTOR_PREFIX", "MAX_ATTEMPTS", "NAMESPACE", "BatchWorker", "connect", "run_on_ray"]
@@ -82,21 +85,78 @@ def _connect(address: str) -> bool:
     return True
 
 
-def connect(address: str | None) -> bool:
+def _probe(address: str, timeout_s: float) -> None:
+    """Fail at once when nothing listens at a ``host:port`` (or ``ray://host:port``) address.
+
+    ``ray.init`` retries an unreachable cluster for minutes and ignores signals meanwhile.
+    """
+    text = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host or "/" in text:
+        return  # "auto", "local", a bare host: left to Ray (still bounded by the timeout)
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except TimeoutError:
+        raise ConfigError(f"--ray: no answer from '{address}' within {timeout_s:g} s (ray.timeout_s)") from None
+    except (OSError, ValueError, OverflowError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err) or type(err).__name__
+        raise ConfigError(f"--ray: cannot reach Ray at '{address}': {why}") from None
+
+
+def _no_sigterm_warning(record: logging.LogRecord) -> bool:
+    return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def connect(address: str | None, *, timeout_s: float = 30.0, interrupt: threading.Event | None = None) -> bool:
     """Connect to Ray for ``--ray [ADDRESS]`` (see :func:`_connect`). True if this call started a local Ray.
 
+    Bounded: an address where nothing listens fails at once, and a connection not made within
+    ``timeout_s`` (``ray.timeout_s``) fails with one line; ``interrupt`` (Ctrl-C, SIGTERM) ends
+    the wait with ``KeyboardInterrupt``. ``ray.init`` runs in a daemon thread for this: a hung
+    one is left behind, it does not keep the process alive.
+
     Raises:
-        ConfigError: Ray is not installed, or the cluster cannot be reached.
+        ConfigError: Ray is not installed, or the cluster cannot be reached in time.
+        KeyboardInterrupt: ``interrupt`` was set while waiting.
     """
     try:
         import ray  # noqa: F401
     except ImportError as err:
         raise ConfigError("--ray needs Ray, which is not installed: pip install 'emostream[ray]'") from err
-    try:
-        return _connect(address or "")
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ConfigError(f"--ray: could not connect to Ray at '{address or os.environ.get('RAY_ADDRESS')}': "
-                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    target = address or os.environ.get("RAY_ADDRESS") or ""
+    shown = printable(target)[:200]
+    if target:
+        _probe(target, timeout_s)
+    result: dict[str, Any] = {}
+
+    def init() -> None:
+        try:
+            result["started"] = _connect(address or "")
+        except BaseException as err:  # handed to the waiting thread
+            result["error"] = err
+
+    # Off the main thread Ray sets no SIGTERM handler of its own (on it, it replaces ours with sys.exit),
+    # and says so in a warning: not news to the user.
+    logging.getLogger("ray._private.worker").addFilter(_no_sigterm_warning)
+    thread = threading.Thread(target=init, name="ray-connect", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive():
+        if interrupt is not None and interrupt.is_set():
+            raise KeyboardInterrupt
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"--ray: could not connect to Ray at '{shown or 'a new local Ray'}' within "
+                              f"{timeout_s:g} s (ray.timeout_s)")
+        thread.join(0.1)
+    err = result.get("error")
+    if isinstance(err, (ConnectionError, RuntimeError, ValueError, TimeoutError)):
+        raise ConfigError(f"--ray: could not connect to Ray at '{shown}': "
+                          f"{printable(str(err).splitlines()[0])[:200] if str(err) else type(err).__name__}") from err
+    if err is not None:
+        raise err
+    return bool(result.get("started"))
 
 
 def run_on_ray(groups: list[list[InputFile]], out_dir: Path, config: Config, options: BatchOptions,
@@ -107,7 +167,7 @@ def run_on_ray(groups: list[list[InputFile]], out_dir: Path, config: Config, opt
         ConfigError: Ray is not installed, or the cluster cannot hold one worker.
         ModelError: The workers could not load the models.
     """
-    started = connect(options.ray)
+    started = connect(options.ray, timeout_s=config.ray.timeout_s, interrupt=interrupt)
     import ray
     from ray.exceptions import RayActorError
 
