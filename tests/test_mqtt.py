@@ -9,10 +9,13 @@ without the mqtt extra (paho-mqtt).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -408,3 +411,57 @@ def test_broker_killed_and_restarted_mid_run(broker: Broker, subscriber: Subscri
     assert down >= 0.8 * before, f"{down:.1f} frames/s while the broker was down, {before:.1f} before"
     assert max(timed.calls_s) < 0.05, f"slowest on_result {max(timed.calls_s) * 1000:.1f} ms"
     assert summaries[0].frames_processed == len(timed.frame_times) > 150
+
+
+# -- The commands ----------------------------------------------------------------------------------
+
+def _cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stream", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=180, env={**os.environ, **(env or {})})
+
+
+@needs_broker
+def test_run_with_mqtt_flag(broker: Broker, subscriber: Subscriber, tmp_path: Path) -> None:
+    proc = _cli("run", str(CLIP), "--max-frames", "60", "--no-display", "--no-progress", "--out-dir", "out",
+                "--mqtt", broker.url("home/emo"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    subscriber.wait_for(lambda ms: any(m.topic == "home/emo/status" and m.payload == b"offline" for m in ms))
+    topics = {m.topic for m in subscriber.messages}
+    assert {"home/emo/status", "home/emo/carphone_640x480/faces", "home/emo/carphone_640x480/face/0",
+            "home/emo/carphone_640x480/health", "home/emo/carphone_640x480/availability",
+            "home/emo/carphone_640x480/episode"} <= topics
+    health = subscriber.on("home/emo/carphone_640x480/health")[-1].json()
+    assert health["state"] == "ended" and health["frames_processed"] == 60 and health["mqtt_dropped"] == 0
+
+
+@needs_broker
+def test_serve_with_mqtt_flag_and_discovery(broker: Broker, subscriber: Subscriber, tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("mqtt:\n  discovery: true\n  health_interval_s: 0.5\n")
+    proc = subprocess.Popen([sys.executable, "-m", "stream", "serve", str(CLIP), "--port", "0", "--out-dir", "out",
+                             "--config", "c.yaml", "--mqtt", broker.url("dash")], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "EMOSTREAM_TOKEN"})
+    try:
+        subscriber.wait_for(lambda ms: sum(m.topic == "dash/carphone_640x480/health" and m.json()["state"] == "up"
+                                           for m in ms) >= 2, 60)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    subscriber.wait_for(lambda ms: any(m.topic == "dash/status" and m.payload == b"offline" for m in ms))
+    assert "homeassistant/sensor/emostream_dash_carphone_640x480/emotion/config" in {m.topic
+                                                                                   for m in subscriber.messages}
+    assert subscriber.on("dash/carphone_640x480/health")[-1].json()["state"] == "ended"
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [("http://broker/x", "expected mqtt://[user@]host[:port]/prefix"),
+     ("mqtt://u:secret@broker/x", "put the password in $EMOSTREAM_MQTT_PASSWORD")],
+)
+def test_bad_mqtt_url_is_one_line_exit_2(url: str, fragment: str, tmp_path: Path) -> None:
+    proc = _cli("run", str(CLIP), "--max-frames", "1", "--no-display", "--mqtt", url, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr and "Traceback" not in proc.stderr and "secret" not in proc.stderr
