@@ -9,7 +9,6 @@ interrupted and finalises its outputs as ``emostream run`` does (exit 130).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import secrets
@@ -31,6 +30,7 @@ from stream.commands.common import (
 from stream.commands.run import source_specs
 from stream.config import Config, load_config
 from stream.errors import ConfigError
+from stream.serve.hosts import is_loopback
 
 if TYPE_CHECKING:
     from stream.capture.spec import SourceSpec
@@ -76,16 +76,6 @@ def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
     return int(text)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): only this machine can connect."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class _PipelineThread(threading.Thread):

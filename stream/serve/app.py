@@ -35,17 +35,19 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stream.serve.hosts import is_loopback
 from stream.serve.metrics import PipelineMetrics, metrics_endpoint
 from stream.serve.state import Dashboard
 
-__all__ = ["DEFAULT_STREAM_FPS", "MAX_STREAM_FPS", "build_app"]
+__all__ = ["DEFAULT_STREAM_FPS", "MAX_SEQ", "MAX_STREAM_FPS", "build_app"]
 
 #: Frames per second an MJPEG client gets unless it asks (``?fps=``) for more, up to MAX_STREAM_FPS.
 DEFAULT_STREAM_FPS = 10.0
 MAX_STREAM_FPS = 30.0
 _POLL_S = 0.02
 _SSE_PERIOD_S = 0.1
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+#: The largest ``since`` sequence number asked for: finite, and exact as a float.
+MAX_SEQ = 2**53
 _SECURITY_HEADERS = [
     (b"content-security-policy",
      b"default-src 'none'; img-src 'self'; connect-src 'self'; script-src 'unsafe-inline'; "
@@ -87,7 +89,7 @@ class _Guard:
         if self.token is None:
             host = headers.get(b"host", b"").decode("latin-1")
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
-            if name not in _LOOPBACK_HOSTS:
+            if not is_loopback(name):  # any of 127.0.0.0/8, as serve --host accepts
                 return 403, "this dashboard answers only requests to a loopback host name"
             return None
         given = ""
@@ -126,7 +128,7 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
         except ValueError:
             sid = -1
         if not 0 <= sid < len(dashboard.sources):
-            raise _NotFound(f"no source {text!r} (sources: 0 to {len(dashboard.sources) - 1})")
+            raise _NotFound(f"no source {text[:40]!r} (sources: 0 to {len(dashboard.sources) - 1})")
         return sid
 
     def source_id(request: Request) -> int:
@@ -172,7 +174,7 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
         return StreamingResponse(parts(), media_type="multipart/x-mixed-replace; boundary=frame")
 
     async def events(request: Request) -> Response:
-        since = int(_query_number(request, "since", 0, 0, float("inf")))
+        since = int(_query_number(request, "since", 0, 0, MAX_SEQ))
         limit = int(_query_number(request, "limit", 500, 1, 5000))
         sid = source_id_or_all(request)
         found = dashboard.events_since(since, sid, limit)
@@ -184,7 +186,7 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
         return None if text is None else parse_sid(text)
 
     async def event_stream(request: Request) -> Response:
-        since = int(_query_number(request, "since", 0, 0, float("inf")))
+        since = int(_query_number(request, "since", 0, 0, MAX_SEQ))
 
         async def messages() -> AsyncIterator[str]:
             nonlocal since
@@ -243,5 +245,5 @@ def _query_number(request: Request, key: str, default: float, low: float, high: 
     except ValueError:
         value = float("nan")
     if not low <= value <= high:
-        raise _BadQuery(f"{key}: expected a number from {low:g} to {high:g}, got {text!r}")
+        raise _BadQuery(f"{key}: expected a number from {low:g} to {high:g}, got {text[:40]!r}")
     return value
