@@ -245,6 +245,7 @@ class MqttPublisher:
             client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
         client.will_set(self._status_topic, b"offline", qos=config.qos, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=2)  # a broker back is found within 2 s
+        client.connect_timeout = 3.0  # bounds close() while a connect to an unreachable host is pending
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
