@@ -19,19 +19,25 @@ JSON layout (version 1)::
       "crop_offset_y": 0.0,                  # optional: crop centre moved down by this
                                              # many box sides (negative: up)
       "output": "probabilities",             # or "logits" (softmax applied by the reader)
-      "temperature": 1.0                     # optional: calibrated probabilities are
+      "temperature": 1.0,                    # optional: calibrated probabilities are
                                              # softmax(logits / T), for a probability
                                              # output softmax(log(p) / T)
+      "logit_bias": [0.1, 0.9, ...]          # optional: one number per label, added after
+                                             # the temperature: softmax(logits / T + b)
     }
 
-A contract without ``temperature`` reads as 1.0 (no change), so models
-exported before the field existed keep working.
+A contract without ``temperature`` reads as 1.0 (no change), and one without
+``logit_bias`` adds nothing, so models exported before the fields existed keep
+working. The logit bias is a prior correction (logit adjustment): it moves the
+decision between classes, e.g. toward the class shares of the faces a model will
+see rather than those of its training set (``training/prior.py`` fits it).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +59,8 @@ OutputKind = Literal["probabilities", "logits"]
 #: Bounds of a contract's labels: they are drawn on frames and printed in summaries.
 MAX_LABELS = 1000
 MAX_LABEL_CHARS = 64
+#: Bound of each logit bias: e^50 already moves any probability to 0 or 1.
+MAX_LOGIT_BIAS = 50.0
 
 
 def printable(text: str) -> str:
@@ -66,29 +74,33 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-def calibrated(raw: np.ndarray, *, output: OutputKind = "probabilities", temperature: float = 1.0) -> np.ndarray:
-    """Probabilities from a classifier's raw output, scaled by a calibration temperature.
+def calibrated(raw: np.ndarray, *, output: OutputKind = "probabilities", temperature: float = 1.0,
+               logit_bias: Sequence[float] | None = None) -> np.ndarray:
+    """Probabilities from a classifier's raw output, scaled by a calibration temperature, then biased.
 
-    Logits get ``softmax(raw / T)``; probabilities get ``softmax(log(raw) / T)``,
+    Logits get ``softmax(raw / T + b)``; probabilities get ``softmax(log(raw) / T + b)``,
     the same thing (the log of a softmax is its logits less a per-row constant),
-    and are returned as they are when T is 1.
+    and are returned as they are when T is 1 and there is no bias.
 
     Args:
         raw: ``(N, labels)`` model output.
         output: ``probabilities`` or ``logits``.
         temperature: T > 0; above 1 softens, below 1 sharpens.
+        logit_bias: One number per label added to the scaled logits (None: none).
 
     Returns:
         float32 ``(N, labels)``, rows summing to 1.
     """
     out = np.asarray(raw, np.float32)
     if output == "probabilities":
-        if temperature == 1.0:
+        if temperature == 1.0 and logit_bias is None:
             return out
         # Probabilities that underflowed to 0 inside the model stay (nearly) 0.
         out = np.log(np.maximum(out, np.float32(1e-30)))
     if temperature != 1.0:
         out = out / np.float32(temperature)
+    if logit_bias is not None:
+        out = out + np.asarray(logit_bias, np.float32)
     out = out - out.max(axis=1, keepdims=True)
     np.exp(out, out=out)
     out /= out.sum(axis=1, keepdims=True)
@@ -116,6 +128,8 @@ class ModelContract:
             model's own output unchanged.
         flip_average: Run every crop and its mirror image and average the raw outputs
             (test-time augmentation: more accurate, twice the classifier's cost).
+        logit_bias: Optional, one number per label added to the logits after the
+            temperature (:func:`calibrated`): a prior correction. None: no bias.
     """
 
     labels: tuple[str, ...]
@@ -129,6 +143,7 @@ class ModelContract:
     output: OutputKind = "probabilities"
     temperature: float = 1.0
     flip_average: bool = False
+    logit_bias: tuple[float, ...] | None = None
     version: int = field(default=1)
 
     @property
@@ -143,7 +158,7 @@ class ModelContract:
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """The model's raw output ``(N, labels)`` as calibrated probabilities (:func:`calibrated`)."""
-        return calibrated(raw, output=self.output, temperature=self.temperature)
+        return calibrated(raw, output=self.output, temperature=self.temperature, logit_bias=self.logit_bias)
 
     def with_mirrors(self, x: np.ndarray) -> np.ndarray:
         """With ``flip_average``: the model inputs ``x`` followed by their mirror images (else ``x``)."""
@@ -165,6 +180,10 @@ class ModelContract:
         data["labels"] = list(self.labels)
         data["input_size_wh"] = list(self.input_size_wh)
         data["normalize"] = {"scale": data.pop("normalize_scale"), "offset": data.pop("normalize_offset")}
+        if self.logit_bias is None:
+            del data["logit_bias"]  # contracts without a bias stay as they were
+        else:
+            data["logit_bias"] = list(self.logit_bias)
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -191,6 +210,12 @@ class ModelContract:
             norm = data.get("normalize", {})
             if not isinstance(norm, dict):
                 raise ValueError(f"'normalize' must be an object with scale and offset, got {norm!r:.60}")
+            bias = data.get("logit_bias")
+            if bias is not None:
+                if not isinstance(bias, list) or not all(
+                        isinstance(b, (int, float)) and not isinstance(b, bool) for b in bias):
+                    raise ValueError(f"'logit_bias' must be a list of numbers, got {bias!r:.60}")
+                bias = tuple(float(b) for b in bias)
             contract = cls(
                 labels=labels,
                 input_size_wh=(size[0], size[1]) if len(size) == 2 else (0, 0),
@@ -203,6 +228,7 @@ class ModelContract:
                 output=data.get("output", "probabilities"),
                 temperature=float(data.get("temperature", 1.0)),
                 flip_average=data.get("flip_average", False),
+                logit_bias=bias,
             )
         except KeyError as err:
             raise ModelError(f"{origin}: contract metadata is invalid: {err} is missing") from err
@@ -242,5 +268,11 @@ class ModelContract:
             problems.append(f"temperature must be a finite number > 0, got {self.temperature!r}")
         if not isinstance(self.flip_average, bool):
             problems.append(f"flip_average must be true or false, got {self.flip_average!r:.60}")
+        if self.logit_bias is not None and (
+                len(self.logit_bias) != len(self.labels)
+                or not all(isinstance(b, (int, float)) and math.isfinite(b) and abs(b) <= MAX_LOGIT_BIAS
+                           for b in self.logit_bias)):
+            problems.append(f"logit_bias must be one finite number in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}] "
+                            f"per label ({len(self.labels)}), got {list(self.logit_bias)!r:.200}")
         if problems:
             raise ModelError(f"{origin}: contract metadata is invalid: " + "; ".join(problems))
