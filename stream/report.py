@@ -77,7 +77,8 @@ class Report:
         html: The self-contained page.
         pngs: Every figure, also embedded in the page.
         episodes: The episode list (JSON Lines).
-        tracks: Tracks in the report (one timeline each).
+        tracks: Tracks in the log.
+        tracks_drawn: Tracks with a timeline and a section in the page (the most-seen, at most 50).
         episode_count: Episodes found.
         thumbnails_from: The video the face thumbnails were cut from, or None.
     """
@@ -87,6 +88,7 @@ class Report:
     episodes: Path | None = None
     tracks: int = 0
     episode_count: int = 0
+    tracks_drawn: int = 0
     thumbnails_from: Path | None = None
 
 
@@ -171,8 +173,8 @@ def write_report(events_path: Path, out_dir: Path | None = None, *, config: Epis
                      config, run_lines, settings, all_tracks=len(all_tracks))
         outputs.write(html_path, page)
         outputs.commit()
-    return Report(html=html_path, pngs=pngs, episodes=episodes_file, tracks=len(tracks),
-                  episode_count=len(episodes), thumbnails_from=thumbs_from)
+    return Report(html=html_path, pngs=pngs, episodes=episodes_file, tracks=len(all_tracks),
+                  episode_count=len(episodes), thumbnails_from=thumbs_from, tracks_drawn=len(tracks))
 
 
 def _require_matplotlib() -> type:
