@@ -16,8 +16,8 @@ on another node, and its cameras resume there: their logs go on, frame numbers a
 time keep growing, and the first record after the outage carries ``gap_s`` (seconds
 without records) and ``resumed: true``. Records still buffered in the dead actor (at
 most one poll interval's worth) are lost. A group whose actor died :data:`MAX_RESTARTS`
-times ends with an error. A source that fails ends alone, as in one process; one that
-cannot be opened at start takes its group down (the group shares one pipeline).
+times ends with an error. A source that fails ends alone, as in one process; a camera that
+is down at start is retried on its actor like one that dies later, while the group's others run.
 
 Imported only with ``--ray``; ``ray`` itself is imported inside the functions.
 """

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from stream.capture import CaptureThread, FrameSource, ImageSource, LiveSource, open_source
 from stream.capture.spec import SourceSpec, source_name, unique_names
 from stream.config import CaptureConfig, Config
-from stream.errors import ConfigError, StreamError
+from stream.errors import ConfigError, SourceError, StreamError
 from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
 from stream.infer.session import BatchBuckets, resolve_providers
 from stream.records import EndOfStream, FrameResult, StageError
@@ -199,7 +199,10 @@ class Pipeline:
         try:
             open_deadline = None if options.max_seconds is None else time.monotonic() + options.max_seconds
             for spec in self.specs:
-                sources.append(open_source(spec.spec, _open_config(config.capture, open_deadline), paced=spec.paced))
+                # Files open here (bad input stops the run before any work); cameras and streams open
+                # on their capture threads, retried while down, so one that is down is down alone.
+                sources.append(open_source(spec.spec, _open_config(config.capture, open_deadline), paced=spec.paced,
+                                           defer_live=True))
             for i, (spec, source) in enumerate(zip(self.specs, sources, strict=True)):
                 summary = RunSummary(source=source.name, source_id=i, name=spec.name)
                 summaries.append(summary)
@@ -213,7 +216,7 @@ class Pipeline:
             for i, (spec, source) in enumerate(zip(self.specs, sources, strict=True)):
                 size = config.capture.live_buffer if source.live else config.capture.queue_size
                 captures.append(CaptureThread(source, size, stop, spec.max_frames or options.max_frames,
-                                              source_id=i, on_put=wake.set))
+                                              source_id=i, on_put=wake.set, open_first=isinstance(source, LiveSource)))
             trackers = [_tracker(config, isinstance(s, ImageSource)) for s in sources]
             inference = InferenceThread([c.frames for c in captures], models.detector, models.classifier,
                                         trackers.__getitem__, config.runtime.batch_size,
@@ -240,6 +243,7 @@ class Pipeline:
                     captures[i].close()
                     summaries[i].frames_captured = captures[i].captured
                     summaries[i].frames_dropped = captures[i].dropped
+                    _never_up(source, summaries[i])
                 else:
                     source.close()
             if inference is not None:
@@ -252,6 +256,13 @@ class Pipeline:
             if window is not None:
                 window.close()
         return summaries
+
+
+def _never_up(source: FrameSource, summary: RunSummary) -> None:
+    """A camera still down when the run ended (``max_seconds``) failed: say why it never came up."""
+    if isinstance(source, LiveSource) and not source.ever_opened and summary.error is None \
+            and not summary.interrupted:
+        summary.error = SourceError(f"source '{source.name}' could not be opened: {source.last_error}")
 
 
 def _open_outputs(spec: SourceSpec, source: FrameSource, config: Config
@@ -307,8 +318,8 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
     """The demux and render/record stage, on the calling thread (a window must live on the main thread)."""
     counts = [s.frame_count or 0 for s in sources]
     known = all(not s.live and s.frame_count for s in sources)  # a total for the progress bar
-    progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
-                    disable=not config.output.progress or (known and sum(counts) <= 1), leave=False)
+    show_progress = config.output.progress and not (known and sum(counts) <= 1)
+    progress: tqdm | None = None  # from the first frame on: a camera that never comes up leaves no empty bar
     t_start = time.perf_counter()
     draw_for_observers = any(getattr(o, "wants_images", True) for o in observers)
     try:
@@ -329,6 +340,9 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
                 sink.write(item, draw=window is not None or draw_for_observers)
                 for observer in observers:
                     observer.on_result(item, sink.summary)
+                if progress is None:
+                    progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
+                                    disable=not show_progress, leave=False)
                 progress.update()
                 if window is not None and window.show(_window_image(sinks)):
                     break
@@ -341,7 +355,8 @@ def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[Frame
                 for observer in observers:
                     observer.on_source_end(sinks[item.source_id].summary)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
 
 
 def _end_source(sink: SourceSinks, marker: EndOfStream | StageError, *, others: bool = True) -> None:

@@ -29,7 +29,11 @@ What makes it *live*:
 
 The first open fails fast with one clear error (wrong port, wrong path, bad
 password, unknown host, no such webcam) unless ``retry_open=True``, in which case
-it retries within the reconnection budget like a dropped connection does.
+a camera that is down (refused, unreachable, not publishing yet, unplugged) is
+retried within the reconnection budget like a dropped connection is; input no
+retry can mend (a malformed URL, an unknown scheme, rejected credentials) still
+fails at once (:func:`is_lasting`). The engine opens live sources that way, on
+their own capture threads, so a camera that is down at start is down alone.
 """
 
 from __future__ import annotations
@@ -188,6 +192,7 @@ class LiveSource:
         self._outage_since: float | None = None
         self._outage_attempts = 0
         self._last_error = ""
+        self._ever_opened = False
         self._resize_warned = False
         self._interrupted = threading.Event()
 
@@ -207,13 +212,14 @@ class LiveSource:
         try:
             self._cap = self._open_once(self.config.open_timeout_s)
         except SourceError as err:
-            if not self._retry_open or self.config.reconnect_budget_s <= 0:
+            if not self._retry_open or self.config.reconnect_budget_s <= 0 or is_lasting(err):
                 raise
             log.warning("%s; retrying for up to %.0f s", err, self.config.reconnect_budget_s)
             self._last_error = _reason(err)
             self._outage_since = now
             if not self._reconnect():
-                raise SourceError(f"source '{self.name}': interrupted while opening") from None
+                # Stopped before it ever came up (Ctrl-C, --max-seconds): say why it was down.
+                raise SourceError(f"source '{self.name}' could not be opened: {self._last_error}") from None
         self._describe(self._cap)
 
     def read(self) -> tuple[np.ndarray, float] | None:
@@ -255,6 +261,16 @@ class LiveSource:
                 # device until the watchdog (read_timeout_s without a frame) says it is gone.
                 self._interrupted.wait(_WEBCAM_RETRY_PAUSE_S)
         return None
+
+    @property
+    def ever_opened(self) -> bool:
+        """Whether the camera or stream was open at least once."""
+        return self._ever_opened
+
+    @property
+    def last_error(self) -> str:
+        """Why the last open failed ("" before any failure)."""
+        return self._last_error or "it did not come up"
 
     def close(self) -> None:
         """Release the capture. Idempotent."""
@@ -320,6 +336,7 @@ class LiveSource:
     def _describe(self, cap: VideoCaptureLike | None) -> None:
         if cap is None:
             return
+        self._ever_opened = True
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if 1.0 <= fps <= 240.0 else 30.0
         width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
@@ -403,14 +420,16 @@ class LiveSource:
             backoff = min(cfg.reconnect_max_backoff_s, backoff * 2**self._outage_attempts)
             if self._interrupted.wait(min(backoff, self._budget_left())):
                 return False
-        while True:
+        while not self._interrupted.is_set():
             left = self._budget_left()
             if left <= 0:
-                raise SourceError(
-                    f"source '{self.name}': no frames for {time.monotonic() - self._outage_since:.1f} s; "
-                    f"gave up after {self._outage_attempts} reconnect attempt"
-                    f"{'' if self._outage_attempts == 1 else 's'} ({self._last_error})"
-                )
+                attempts = f"{self._outage_attempts} reconnect attempt{'' if self._outage_attempts == 1 else 's'}"
+                down_s = time.monotonic() - self._outage_since
+                if not self._ever_opened:  # down since the start: it never came up
+                    raise SourceError(f"source '{self.name}' could not be opened: {self._last_error} "
+                                      f"(gave up after {attempts} in {down_s:.1f} s)")
+                raise SourceError(f"source '{self.name}': no frames for {down_s:.1f} s; gave up after {attempts} "
+                                  f"({self._last_error})")
             self._outage_attempts += 1
             self.reconnect_attempts += 1
             try:
@@ -433,6 +452,7 @@ class LiveSource:
             if self._interrupted.wait(wait):
                 return False
             backoff = min(cfg.reconnect_max_backoff_s, backoff * 2)
+        return False
 
     def _budget_left(self) -> float:
         assert self._outage_since is not None
@@ -470,6 +490,18 @@ class _LiveEdge:
             self._edge = min(lag, self._edge + _CLOCK_DRIFT * (t_now - self._t_prev))
         self._t_prev = t_now
         return lag - self._edge
+
+
+#: Reasons no retry can mend: the run refuses them at once, as bad input.
+_LASTING = ("malformed", "has no host", "could not open this", "rejected (401", "needs a user name")
+
+
+def is_lasting(err: SourceError) -> bool:
+    """True when an open failed for a reason a retry cannot mend (a malformed URL, an unknown
+    scheme, rejected or missing credentials); False for an outage (refused, unreachable,
+    no answer, no stream yet, no such webcam now)."""
+    reason = _reason(err)
+    return any(mark in reason for mark in _LASTING)
 
 
 def _reason(err: SourceError) -> str:

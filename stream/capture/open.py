@@ -13,7 +13,7 @@ from stream.config import CaptureConfig
 __all__ = ["open_source"]
 
 
-def open_source(spec: str, config: CaptureConfig, *, paced: bool = False) -> FrameSource:
+def open_source(spec: str, config: CaptureConfig, *, paced: bool = False, defer_live: bool = False) -> FrameSource:
     """Make and open the source that ``spec`` names.
 
     Digits are a webcam index, ``scheme://...`` a network stream (both :class:`LiveSource`),
@@ -25,23 +25,27 @@ def open_source(spec: str, config: CaptureConfig, *, paced: bool = False) -> Fra
         spec: A video or image path, a webcam index (``"0"``) or a stream URL.
         config: Capture settings (timeouts, reconnection, transport).
         paced: A video file plays as a live camera at its frame rate, looped (:class:`PacedFileSource`).
+        defer_live: Return a webcam or stream unopened, set to retry its first open like a
+            reconnection (:class:`LiveSource` ``retry_open``): its capture thread opens it, so
+            a camera that is down at start does not hold up or stop the others.
 
     Raises:
         SourceError: The source cannot be opened (the message hides any password).
     """
     source: FrameSource
     if spec.isdigit():
-        source = LiveSource(int(spec), config)
+        source = LiveSource(int(spec), config, retry_open=defer_live)
     elif is_remote_file(spec):  # http(s)://.../clip.mp4: a file, read to its end
         source = RemoteFileSource(with_password(spec), config.open_timeout_s, config.read_timeout_s,
                                   config.max_image_pixels)
     elif is_stream_url(spec):
-        source = LiveSource(with_password(spec), config)
+        source = LiveSource(with_password(spec), config, retry_open=defer_live)
     else:
         path = Path(spec)
         limit = config.max_image_pixels
         source = ImageSource(path, limit) if is_image_file(path) else FileSource(path, limit)
         if paced and isinstance(source, FileSource):
             source = PacedFileSource(source)
-    source.open()
+    if not (defer_live and isinstance(source, LiveSource)):
+        source.open()
     return source

@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 class CaptureThread(Worker):
     """Reads ``source`` on its own thread into :attr:`frames` (a bounded queue).
 
-    The thread opens nothing: the caller opens the source (so open errors reach
-    it directly) and hands it over; the thread closes it when it ends.
+    The caller opens a file source (so bad input reaches it directly); a live source may
+    come unopened (``open_source(..., defer_live=True)``, ``open_first``): the thread opens it
+    first, retrying a camera that is down, so its outage holds up no other source. The
+    thread closes the source when it ends.
 
     Args:
         source: An opened frame source.
@@ -37,12 +39,14 @@ class CaptureThread(Worker):
         max_frames: Stop after this many frames (None: no limit).
         source_id: Stamped on every frame and on the end marker.
         on_put: Called after every frame put (the inference stage's wake-up).
+        open_first: The source comes unopened: open it on this thread.
     """
 
     def __init__(self, source: FrameSource, maxsize: int, stop: threading.Event, max_frames: int | None = None,
-                 *, source_id: int = 0, on_put: Callable[[], None] | None = None) -> None:
+                 *, source_id: int = 0, on_put: Callable[[], None] | None = None, open_first: bool = False) -> None:
         super().__init__(f"capture-{source_id}", maxsize, stop, source_id=source_id, on_put=on_put)
         self.source = source
+        self.open_first = open_first
         self.max_frames = max_frames
         self.captured = 0
         self.dropped = 0
@@ -52,6 +56,8 @@ class CaptureThread(Worker):
         return self.out
 
     def produce(self) -> EndOfStream:
+        if self.open_first:
+            self.source.open()
         while not self.stop.is_set():
             if self.max_frames is not None and self.captured >= self.max_frames:
                 return EndOfStream("max_frames", source_id=self.source_id)
