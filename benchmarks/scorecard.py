@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=REPO.parent / "shared" / "datasets",
                    help="folder holding ferplus/, taiwanese/, lfw_expressions/, sfew/, london_faces/")
     p.add_argument("--out", type=Path, help="write every row of every model as JSON here")
+    p.add_argument("--uncertain-below", type=float, metavar="P",
+                   help="also score the stream's 'uncertain' option: faces whose top probability is below P "
+                        "held back (share), accuracy on the rest")
     args = p.parse_args(argv)
     if not args.root.is_dir():
         print(f"scorecard: '{args.root}' does not exist: no labelled sets to score", file=sys.stderr)
@@ -37,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for model in args.models:
         t0 = time.perf_counter()
-        rows, notes = scorecard(model, args.root, log=lambda name: print(f"  {name} ...", file=sys.stderr,
-                                                                          flush=True))
+        rows, notes = scorecard(model, args.root, uncertain_below=args.uncertain_below,
+                                log=lambda name: print(f"  {name} ...", file=sys.stderr, flush=True))
         print(f"\n### {model.name}\n")
         print(format_table(rows))
         for note in notes:

@@ -128,3 +128,15 @@ def test_shipped_scorecard_as_documented() -> None:
     got = {r.name: r.accuracy for r in rows}
     for row_name, accuracy in documented[name].items():
         assert abs(100 * got[row_name] - 100 * accuracy) <= 0.5, (row_name, got[row_name], accuracy)
+
+
+def test_scorecard_row_scores_the_uncertain_option() -> None:
+    labels = FER2013_LABELS
+    happy, sad = labels.index("happy"), labels.index("sad")
+    true = np.array([happy, happy, sad, sad, sad])
+    predicted = np.array([happy, sad, sad, NOT_FOUND, happy])
+    confidence = np.array([0.9, 0.3, 0.8, 0.0, 0.4])
+    row = row_from_predictions("set", true, predicted, labels, confidence=confidence, uncertain_below=0.5)
+    assert row.extra["held_back"] == 0.5  # 2 of the 4 faces found
+    assert row.extra["accuracy_rest"] == 1.0
+    assert row.accuracy == 0.4  # the option does not change the plain accuracy

@@ -86,15 +86,25 @@ class Row:
                 "neutral_true": self.neutral_true, **self.extra}
 
 
-def row_from_predictions(name: str, true_index: np.ndarray, predicted: np.ndarray, labels: Sequence[str],
+def row_from_predictions(name: str, true_index: np.ndarray, predicted: np.ndarray, labels: Sequence[str], *,
+                         confidence: np.ndarray | None = None, uncertain_below: float | None = None,
                          **extra: Any) -> Row:
     """Scores of one set. ``predicted`` is ``NOT_FOUND`` (-1) where no face was found: always wrong.
 
-    Macro-F1 is the mean F1 over the classes present in ``true_index``.
+    Macro-F1 is the mean F1 over the classes present in ``true_index``. With ``confidence``
+    (each face's top probability) and ``uncertain_below``, the stream's ``uncertain`` option:
+    ``held_back`` is the share of the found faces it labels ``uncertain``, ``accuracy_rest``
+    the accuracy on the other found faces.
     """
     true_index = np.asarray(true_index)
     predicted = np.asarray(predicted)
     n = len(true_index)
+    if confidence is not None and uncertain_below is not None:
+        found = predicted != NOT_FOUND
+        sure = found & (np.asarray(confidence) >= uncertain_below)
+        extra["uncertain_below"] = uncertain_below
+        extra["held_back"] = float(np.sum(found & ~sure) / max(int(found.sum()), 1))
+        extra["accuracy_rest"] = float(np.mean(predicted[sure] == true_index[sure])) if sure.any() else 0.0
     present = sorted(set(true_index.tolist()))
     recall, f1s = {}, []
     for c in present:
@@ -181,7 +191,7 @@ def _true_index(labels: Sequence[str], model_labels: Sequence[str], origin: str)
     return np.array([list(model_labels).index(label) for label in labels], np.int64)
 
 
-def ferplus_rows(model: Path, ferplus: Path) -> list[Row]:
+def ferplus_rows(model: Path, ferplus: Path, uncertain_below: float | None = None) -> list[Row]:
     """FERPlus test, plurality and majority rule."""
     from training.data import ferplus_majority_mask, load_ferplus_dir
     from training.evaluate import load_predictor, predict_split
@@ -193,8 +203,11 @@ def ferplus_rows(model: Path, ferplus: Path) -> list[Row]:
     labels = predictor.contract.labels
     predicted = probs.argmax(axis=1)
     majority = ferplus_majority_mask(data.split("test").votes, merge_contempt=False)
-    return [row_from_predictions("FERPlus test (plurality)", true, predicted, labels),
-            row_from_predictions("FERPlus test (majority rule)", true[majority], predicted[majority], labels)]
+    top = probs.max(axis=1)
+    return [row_from_predictions("FERPlus test (plurality)", true, predicted, labels, confidence=top,
+                                 uncertain_below=uncertain_below),
+            row_from_predictions("FERPlus test (majority rule)", true[majority], predicted[majority], labels,
+                                 confidence=top[majority], uncertain_below=uncertain_below)]
 
 
 def predictions(model: Path, root: Path, split: str, *, models: Any = None, crops: bool = False
@@ -220,15 +233,18 @@ def predictions(model: Path, root: Path, split: str, *, models: Any = None, crop
     return probs, found, _true_index(labels, model_labels, str(root)), model_labels
 
 
-def scorecard(model: Path, root: Path, *, timing_crops: np.ndarray | None = None,
-              log: Any = None) -> tuple[list[Row], list[str]]:
-    """Every row for ``model`` from the sets under ``root``; and notes (sets absent)."""
+def scorecard(model: Path, root: Path, *, timing_crops: np.ndarray | None = None, log: Any = None,
+              uncertain_below: float | None = None) -> tuple[list[Row], list[str]]:
+    """Every row for ``model`` from the sets under ``root``; and notes (sets absent).
+
+    ``uncertain_below``: also score the stream's ``classifier.uncertain_below`` option.
+    """
     rows: list[Row] = []
     notes: list[str] = []
     say = log or (lambda *_: None)
     if (root / "ferplus").is_dir():
         say("FERPlus test")
-        rows.extend(ferplus_rows(model, root / "ferplus"))
+        rows.extend(ferplus_rows(model, root / "ferplus", uncertain_below))
     else:
         notes.append(f"{root / 'ferplus'} absent: no FERPlus rows")
     models = None
@@ -240,10 +256,12 @@ def scorecard(model: Path, root: Path, *, timing_crops: np.ndarray | None = None
         models = models or load_stream_models(model)
         probs, found, true, labels = predictions(model, root / folder, split, models=models)
         predicted = np.where(found, probs.argmax(axis=1), NOT_FOUND)
-        rows.append(row_from_predictions(name, true, predicted, labels))
+        rows.append(row_from_predictions(name, true, predicted, labels, confidence=probs.max(axis=1),
+                                         uncertain_below=uncertain_below))
         if folder == "lfw_expressions":
             probs, _, true, labels = predictions(model, root / folder, split, crops=True)
-            rows.append(row_from_predictions(f"{name} (crops)", true, probs.argmax(axis=1), labels))
+            rows.append(row_from_predictions(f"{name} (crops)", true, probs.argmax(axis=1), labels,
+                                             confidence=probs.max(axis=1), uncertain_below=uncertain_below))
     if timing_crops is None:
         from stream.infer import EmotionClassifier
 
@@ -258,13 +276,19 @@ def scorecard(model: Path, root: Path, *, timing_crops: np.ndarray | None = None
 
 def format_table(rows: Sequence[Row], labels: Sequence[str] = FER2013_LABELS) -> str:
     """A Markdown table of the rows."""
+    uncertain = any("held_back" in r.extra for r in rows)
     head = ("| set | faces | found | accuracy | macro-F1 | predicted / true neutral | "
-            + " | ".join(f"{label} recall" for label in labels) + " | ms per face |")
-    lines = [head, "|" + "---|" * (7 + len(labels))]
+            + " | ".join(f"{label} recall" for label in labels) + " | ms per face |"
+            + (" uncertain: held back / accuracy on the rest |" if uncertain else ""))
+    lines = [head, "|" + "---|" * (7 + len(labels) + uncertain)]
     for r in rows:
         recalls = " | ".join(f"{100 * r.recall[label]:.0f}" if label in r.recall else "" for label in labels)
         ms = r.extra.get("ms_per_face")
-        lines.append(f"| {r.name} | {r.n} | {100 * r.found:.1f} % | {100 * r.accuracy:.1f} % | {r.macro_f1:.3f} | "
-                     f"{100 * r.neutral_predicted:.0f} % / {100 * r.neutral_true:.0f} % | {recalls} | "
-                     + (f"{ms:.2f} |" if ms is not None else " |"))
+        line = (f"| {r.name} | {r.n} | {100 * r.found:.1f} % | {100 * r.accuracy:.1f} % | {r.macro_f1:.3f} | "
+                f"{100 * r.neutral_predicted:.0f} % / {100 * r.neutral_true:.0f} % | {recalls} | "
+                + (f"{ms:.2f} |" if ms is not None else " |"))
+        if uncertain:
+            line += (f" {100 * r.extra['held_back']:.0f} % / {100 * r.extra['accuracy_rest']:.1f} % |"
+                     if "held_back" in r.extra else " |")
+        lines.append(line)
     return "\n".join(lines)
