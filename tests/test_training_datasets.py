@@ -244,3 +244,28 @@ def test_real_photos_have_faces_found(tmp_path: Path) -> None:
     assert part.faces_mode == "detect"
     n_val = sum(r["split"] == "val" for r in rows)
     assert len(part.dataset.splits["val"]) >= 0.95 * n_val
+
+
+def test_train_on_two_mixed_sets_and_resume_reads_them_again(tmp_path: Path) -> None:
+    pytest.importorskip("tf2onnx")
+    import json
+
+    try:
+        from stream.commands import main
+    except ImportError:  # before the command code moved
+        from stream.cli import main  # type: ignore[no-redef]
+
+    kinds = [i % 2 for i in range(24)]
+    images = list(make_images(kinds, seed=5, size=48)[..., 0])
+    labels = [("happy", "sad")[k] for k in kinds]
+    splits = ["train"] * 16 + ["valid"] * 4 + ["test"] * 4
+    first = write_set(tmp_path / "first", images, labels, splits)
+    second = write_set(tmp_path / "second", images[:8], labels[:8], ["train"] * 8)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", str(first), "--dataset", f"{second},weight=2", "--out", str(run_dir),
+                 "--arch", "recipe-small", "--epochs", "1", "--batch-size", "8", "--seed", "1"]) == 0
+    saved = json.loads((run_dir / "train_args.json").read_text())
+    assert saved["dataset"] == [str(first.resolve()), f"{second.resolve()},weight=2"]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["split"] == "test" and report["n_samples"] == 4
+    assert main(["train", "--resume", str(run_dir)]) == 0  # the finished run reads the same sets again
