@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -112,10 +113,11 @@ def _no_sigterm_warning(record: logging.LogRecord) -> bool:
 def connect(address: str | None, *, timeout_s: float = 30.0, interrupt: threading.Event | None = None) -> bool:
     """Connect to Ray for ``--ray [ADDRESS]`` (see :func:`_connect`). True if this call started a local Ray.
 
-    Bounded: an address where nothing listens fails at once, and a connection not made within
-    ``timeout_s`` (``ray.timeout_s``) fails with one line; ``interrupt`` (Ctrl-C, SIGTERM) ends
-    the wait with ``KeyboardInterrupt``. ``ray.init`` runs in a daemon thread for this: a hung
-    one is left behind, it does not keep the process alive.
+    Bounded, for a cluster's address: where nothing listens it fails at once, and a connection
+    not made within ``timeout_s`` (``ray.timeout_s``) fails with one line; ``interrupt`` (Ctrl-C,
+    SIGTERM) ends the wait with ``KeyboardInterrupt``. ``ray.init`` runs in a daemon thread for
+    this: a hung one is left behind, it does not keep the process alive. A new local Ray (no
+    address) is started on the calling thread.
 
     Raises:
         ConfigError: Ray is not installed, or the cluster cannot be reached in time.
@@ -127,8 +129,22 @@ def connect(address: str | None, *, timeout_s: float = 30.0, interrupt: threadin
         raise ConfigError("--ray needs Ray, which is not installed: pip install 'emostream[ray]'") from err
     target = address or os.environ.get("RAY_ADDRESS") or ""
     shown = printable(target)[:200]
-    if target:
+    if target and target != "local":
         _probe(target, timeout_s)
+    else:
+        # A new local Ray: started on this thread. Its processes die with the thread that started
+        # them (PR_SET_PDEATHSIG), so not on a helper thread; nothing remote to wait for either.
+        # Ray replaces the SIGTERM handler with sys.exit: ours (Ctrl-C semantics) is put back.
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            return _connect(address or "")
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
+            raise ConfigError(f"--ray: a local Ray could not start: "
+                              f"{printable(str(err).splitlines()[0])[:200] if str(err) else type(err).__name__}"
+                              ) from err
+        finally:
+            if threading.current_thread() is threading.main_thread() and handler is not None:
+                signal.signal(signal.SIGTERM, handler)
     result: dict[str, Any] = {}
 
     def init() -> None:
@@ -147,8 +163,7 @@ def connect(address: str | None, *, timeout_s: float = 30.0, interrupt: threadin
         if interrupt is not None and interrupt.is_set():
             raise KeyboardInterrupt
         if time.monotonic() >= deadline:
-            raise ConfigError(f"--ray: could not connect to Ray at '{shown or 'a new local Ray'}' within "
-                              f"{timeout_s:g} s (ray.timeout_s)")
+            raise ConfigError(f"--ray: could not connect to Ray at '{shown}' within {timeout_s:g} s (ray.timeout_s)")
         thread.join(0.1)
     err = result.get("error")
     if isinstance(err, (ConnectionError, RuntimeError, ValueError, TimeoutError)):
