@@ -165,12 +165,12 @@ def connect(address: str | None, *, timeout_s: float = 30.0, interrupt: threadin
         if time.monotonic() >= deadline:
             raise ConfigError(f"--ray: could not connect to Ray at '{shown}' within {timeout_s:g} s (ray.timeout_s)")
         thread.join(0.1)
-    err = result.get("error")
-    if isinstance(err, (ConnectionError, RuntimeError, ValueError, TimeoutError)):
-        raise ConfigError(f"--ray: could not connect to Ray at '{shown}': "
-                          f"{printable(str(err).splitlines()[0])[:200] if str(err) else type(err).__name__}") from err
-    if err is not None:
-        raise err
+    failure = result.get("error")
+    if isinstance(failure, (ConnectionError, RuntimeError, ValueError, TimeoutError)):
+        why = printable(str(failure).splitlines()[0])[:200] if str(failure) else type(failure).__name__
+        raise ConfigError(f"--ray: could not connect to Ray at '{shown}': {why}") from failure
+    if failure is not None:
+        raise failure
     return bool(result.get("started"))
 
 
