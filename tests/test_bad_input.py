@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -48,13 +49,17 @@ class Result:
     max_rss_mb: float
 
 
-def run_stream(*args: str, cwd: Path, timeout: float = TIME_LIMIT_S) -> Result:
+def run_stream(*args: str, cwd: Path, timeout: float = TIME_LIMIT_S, max_file_bytes: int | None = None) -> Result:
     """``python -m stream ARGS``: exit code, stderr, wall time and peak memory of that process alone."""
     err_path = cwd / f".stderr-{time.monotonic_ns()}"
     with err_path.open("w") as err:
         t0 = time.monotonic()
+        def limit() -> None:  # a file larger than this fails to write (EFBIG), like a full disk
+            if max_file_bytes is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
         proc = subprocess.Popen([sys.executable, "-m", "stream", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                                stderr=err, stdin=subprocess.DEVNULL)
+                                stderr=err, stdin=subprocess.DEVNULL, preexec_fn=limit)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -340,6 +345,21 @@ def test_report_of_a_log_with_many_tracks_is_bounded_and_says_so(tmp_path: Path)
     page = (folder / "report.html").read_text()
     assert "190 more track(s)" in page and "the 50 seen in most frames are drawn" in page
     assert len((folder / "episodes.jsonl").read_text().splitlines()) >= 240
+
+
+def test_report_that_cannot_be_written_leaves_the_earlier_report_whole(tmp_path: Path) -> None:
+    log = _write(tmp_path / "clip.events.jsonl", "".join(_log_line(i, [_face(1), _face(2)]) for i in range(90)))
+    first = run_stream("report", str(log), cwd=tmp_path, timeout=240)
+    assert first.code == 0, first.stderr
+    folder = tmp_path / "clip.report"
+    before = snapshot(folder)
+    assert "report.html" in before and "timelines.png" in before
+    (tmp_path / "clip.events.jsonl").write_text("".join(_log_line(i, [_face(3)]) for i in range(60)))
+    # Every file over 20 KB fails to write (EFBIG), as on a full disk: the PNGs and the page do.
+    result = run_stream("report", str(log), cwd=tmp_path, timeout=240, max_file_bytes=20_000)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == 2 and len(lines) == 1 and "could not be written" in lines[0], result.stderr
+    assert snapshot(folder) == before  # the earlier report exactly as it was, no partial file left
 
 
 def _http(url: str, host: str) -> tuple[int, str]:
