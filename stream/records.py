@@ -52,6 +52,8 @@ class Face:
         id: Track id, stable across frames (-1 until tracked).
         keypoints_xy: The detector's six BlazeFace keypoints (right eye, left eye, nose tip,
             mouth, right ear, left ear) in source-frame pixels, ``(6, 2)``; empty if unknown.
+        too_small: The box is shorter than ``classifier.min_face_px``: labelled ``too_small``
+            (:func:`stream.labels.face_label`), its probabilities are a guess.
     """
 
     box_xyxy: np.ndarray
@@ -59,6 +61,7 @@ class Face:
     probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     id: int = -1
     keypoints_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    too_small: bool = False
 
 
 @dataclass(slots=True)

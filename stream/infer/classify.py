@@ -110,15 +110,19 @@ class EmotionClassifier:
         name: Where the model came from, for messages.
         align: ``eyes``: crops are turned so the face's eye keypoints lie level
             (:func:`crop_faces` ``roll_deg``); ``none``: upright box crops.
+        min_face_px: Faces whose box is shorter than this are marked ``too_small`` by the
+            inference stage (``classifier.min_face_px``; 0: never).
 
     Raises:
         ModelError: The model's input or output does not match its contract.
     """
 
     def __init__(self, session: ort.InferenceSession, contract: ModelContract, name: str = "classifier", *,
-                 buckets: BatchBuckets | None = None, align: Literal["eyes", "none"] = "none") -> None:
+                 buckets: BatchBuckets | None = None, align: Literal["eyes", "none"] = "none",
+                 min_face_px: int = 16) -> None:
         self.session = session
         self.align = align
+        self.min_face_px = min_face_px
         self.buckets = buckets or BatchBuckets()
         self.contract = contract
         self.labels = contract.labels
@@ -147,7 +151,8 @@ class EmotionClassifier:
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0, *,
                   provider_opts: dict[str, dict[str, str]] | None = None, buckets: BatchBuckets | None = None,
-                  uint8_input: bool = False, align: Literal["eyes", "none"] = "none") -> EmotionClassifier:
+                  uint8_input: bool = False, align: Literal["eyes", "none"] = "none",
+                  min_face_px: int = 16) -> EmotionClassifier:
         """Load a classifier and its contract.
 
         Raises:
@@ -164,7 +169,7 @@ class EmotionClassifier:
         if uint8_input:  # now that the contract says how to normalise: into the graph
             session = create_session(path, providers, threads, what="classifier", provider_opts=provider_opts,
                                      uint8_normalize=(contract.normalize_scale, contract.normalize_offset))
-        return cls(session, contract, name=str(path), buckets=buckets, align=align)
+        return cls(session, contract, name=str(path), buckets=buckets, align=align, min_face_px=min_face_px)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run once per batch size (every bucket, with buckets) so the first real faces are not slow."""

@@ -158,7 +158,8 @@ def infer_batch(frames: list[Frame], detector: FaceDetector, classifier: Emotion
     results = []
     k = 0
     for frame, dets in zip(frames, found, strict=True):
-        faces = [Face(det.box_xyxy, det.score, probs[k + i], keypoints_xy=det.keypoints_xy)
+        faces = [Face(det.box_xyxy, det.score, probs[k + i], keypoints_xy=det.keypoints_xy,
+                      too_small=bool(det.box_xyxy[3] - det.box_xyxy[1] < classifier.min_face_px))
                  for i, det in enumerate(dets)]
         k += len(dets)
         track = tracker(frame.source_id) if callable(tracker) else tracker

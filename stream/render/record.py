@@ -357,7 +357,8 @@ def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below:
     """The event-log line of one frame (boxes in source pixels).
 
     A face's ``label`` is :func:`stream.labels.face_label`'s: ``uncertain`` when its
-    top probability is below ``uncertain_below``; its ``probs`` are always all there.
+    top probability is below ``uncertain_below``, ``too_small`` for a face too small to
+    classify; its ``probs`` are always all there.
     """
     faces = []
     for face in result.faces:
@@ -365,7 +366,7 @@ def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below:
             "id": face.id,
             "box_xyxy": [round(float(v), 1) for v in face.box_xyxy],
             "score": round(face.score, 4),
-            "label": face_label(face.probs, labels, uncertain_below),
+            "label": face_label(face.probs, labels, uncertain_below, too_small=face.too_small),
             "probs": {label: round(float(p), 4) for label, p in zip(labels, face.probs, strict=True)},
             "keypoints_xy": [[round(float(x), 1), round(float(y), 1)] for x, y in face.keypoints_xy],
         })

@@ -85,7 +85,8 @@ class SourceSinks:
         s = self.summary
         s.frames_processed += 1
         s.faces += len(result.faces)
-        s.label_counts.update(face_label(f.probs, self.labels, self.uncertain_below) for f in result.faces)
+        s.label_counts.update(face_label(f.probs, self.labels, self.uncertain_below, too_small=f.too_small)
+                              for f in result.faces)
         s.latencies.add(result.latency_ms)
 
     def close(self) -> None:
