@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream.capture import FrameSource
+from stream.capture import FrameSource, ImageSource
 from stream.labels import face_label
 from stream.records import FrameResult
 from stream.render.draw import annotate
@@ -44,7 +44,7 @@ class SourceSinks:
         writer: Annotated video or image writer, or None.
         events: Event log, or None.
         bars: Draw per-class probability bars.
-        fps_overlay: Draw frames/s and latency on the frame.
+        fps_overlay: Draw frames/s and latency on the frame (never on a still image).
         uncertain_below: Faces whose top probability is below this are labelled ``uncertain``.
     """
 
@@ -58,6 +58,7 @@ class SourceSinks:
         self.bars = bars
         self.fps_overlay = fps_overlay
         self.uncertain_below = uncertain_below
+        self.still = isinstance(source, ImageSource)  # no frame rate on a still image
         self.closed = False
         self.last_image: np.ndarray | None = None
         self._gaps = _GapWatch(source)
@@ -71,7 +72,7 @@ class SourceSinks:
         if self.writer is not None or draw:
             span = self._recent[-1] - self._recent[0]
             fps = (len(self._recent) - 1) / span if span > 0 else 0.0
-            status = f"{fps:5.1f} fps  {result.latency_ms:4.0f} ms" if self.fps_overlay else ""
+            status = f"{fps:5.1f} fps  {result.latency_ms:4.0f} ms" if self.fps_overlay and not self.still else ""
             annotate(result, self.labels, bars=self.bars, status=status, uncertain_below=self.uncertain_below)
             self.last_image = result.frame.image_bgr
         if self.writer is not None:
