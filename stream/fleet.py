@@ -1,23 +1,44 @@
 """Camera fleets on Ray: groups of live sources on actors across a cluster; logs and health on the driver.
 
     driver (emostream run --sources cams.yaml --ray)            Ray actors, spread over the nodes
-    <out-dir>/<name>.events.jsonl per camera  <-- poll() -----  FleetWorker: models loaded once, one
+    <out-dir>/<name>.events.jsonl per camera  <-- poll(acked) -  FleetWorker: models loaded once, one
     health lines, the final summaries              every 0.5 s  Pipeline over its group of cameras;
-    a dead actor -> a new one, same cameras                     FleetTap (an Observer) buffers records
+    a dead actor -> a new one, same cameras,                    FleetTap (an Observer) keeps records
+      from the first frame each log lacks                       until the driver has written them
 
 Each actor runs the engine of "many sources in one run" (:class:`stream.pipeline.Pipeline`)
-over ``sources_per_worker`` cameras and keeps their event records in a bounded buffer;
-the driver pulls them with :meth:`FleetWorker.poll` and writes every camera's event log
-itself (:class:`stream.render.EventLog`), so the logs are in one place whatever node ran
-the camera. Actors write nothing: annotated video is off for fleets.
+over ``sources_per_worker`` cameras; the driver pulls their event records with
+:meth:`FleetWorker.poll` and writes every camera's event log itself
+(:class:`stream.render.EventLog`), so the logs are in one place whatever node ran the camera.
+Actors write nothing: annotated video is off for fleets.
 
-An actor that dies (killed, out of memory, node lost) is replaced by a new one, possibly
-on another node, and its cameras resume there: their logs go on, frame numbers and media
-time keep growing, and the first record after the outage carries ``gap_s`` (seconds
-without records) and ``resumed: true``. Records still buffered in the dead actor (at
-most one poll interval's worth) are lost. A group whose actor died :data:`MAX_RESTARTS`
-times ends with an error. A source that fails ends alone, as in one process; a camera that
-is down at start is retried on its actor like one that dies later, while the group's others run.
+What is guaranteed, per camera, by its frame index (every captured frame has one):
+
+- **Written once, in order.** The driver writes a frame's record only if its index is past the
+  last one the log has; a record that comes again (an answer sent twice, a replay) is not
+  written twice.
+- **Kept until written.** Every poll carries, per camera, the last frame index written; the
+  actor keeps each record until then, so an answer the driver did not take (the stop of a run
+  with a poll in flight) is sent again. The buffer holds :data:`BUFFER_RECORDS`: if the driver
+  falls that far behind, the oldest records are dropped, counted, logged, shown in the health
+  line and the camera's summary (``FleetResult.records_lost``).
+- **A dead actor loses nothing that can be had again.** An actor that dies (killed, out of
+  memory, node lost) is replaced by a new one, possibly on another node, which starts each of
+  its cameras at the first frame index the log lacks. A video file (``paced: true`` ones
+  included) is played again from its start and the frames the log has are skipped (read and
+  run through the models, but not sent: a paced file plays them at its frame rate, so it
+  takes as long as it had played to get back), so its log has every frame index exactly once,
+  each with the file's own media time (but for frames a paced file drops, as a camera does,
+  when its actor falls behind its frame rate: counted as dropped); the tracker starts afresh
+  at the resumed frame. A live camera (a webcam, a stream) cannot give back past frames: what
+  the dead actor had not sent (at most one poll's worth) and the frames of the outage are
+  gone; its frame indexes go on from the last one written and ``t`` keeps growing by the
+  outage's length. Either way the first record after the outage carries ``gap_s`` (seconds
+  without records) and ``resumed: true``.
+
+A group whose actor died :data:`MAX_RESTARTS` times ends with an error. A source that fails
+ends alone, as in one process; a camera that is down at start is retried on its actor like one
+that dies later, while the group's others run.
 
 Imported only with ``--ray``; ``ray`` itself is imported inside the functions.
 """
@@ -37,6 +58,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from stream.capture.live import is_stream_url
+from stream.capture.sources import is_remote_file
 from stream.capture.spec import SourceSpec, unique_names
 from stream.config import Config
 from stream.errors import ConfigError, ModelError, StreamError
@@ -100,28 +123,39 @@ class FleetResult:
 
 
 class FleetTap:
-    """The Observer inside an actor: turns results into event records for the driver (bounded buffer).
+    """The Observer inside an actor: turns results into event records kept until the driver has written them.
+
+    Records carry the camera's frame index in its whole log (not this actor's run): a replayable
+    camera (a file) is read again from its start and the frames the log already has are skipped;
+    a live camera's frames are numbered on from ``resume_from``. A record stays in the bounded
+    buffer until the driver acknowledges its frame (:meth:`take`), so an answer the driver never
+    got is sent again; when the buffer is full the oldest record is dropped and counted.
 
     Args:
         ids: The cameras' ids in the whole fleet, in the actor pipeline's ``source_id`` order.
         names: Their names (for matching log warnings to a camera).
         labels: The classifier's labels.
         uncertain_below: As ``classifier.uncertain_below``.
+        resume_from: Per camera, the first frame index the driver has not written (None: all 0).
+        replayable: Per camera, whether it plays from its start again (a file; see :func:`replayable`).
     """
 
     wants_images = False  # the driver gets records, not pictures: the pipeline need not draw
 
-
     def __init__(self, ids: Sequence[int], names: Sequence[str], labels: Sequence[str], *,
-                 uncertain_below: float = 0.0) -> None:
+                 uncertain_below: float = 0.0, resume_from: Sequence[int] | None = None,
+                 replayable: Sequence[bool] | None = None) -> None:
         self.ids = list(ids)
         self.names = list(names)
         self.labels = tuple(labels)
         self.uncertain_below = uncertain_below
+        self.resume_from = list(resume_from) if resume_from is not None else [0] * len(self.ids)
+        self.replayable = list(replayable) if replayable is not None else [False] * len(self.ids)
         self.records: deque[dict[str, Any]] = deque()
         self.ended: dict[int, dict[str, str]] = {}
         self.last_error: dict[int, str] = {}
-        self.lost = 0
+        self.lost: dict[int, int] = {}  # per camera, records dropped from the full buffer (all this actor's run)
+        self.replayed = [0] * len(self.ids)  # per camera, frames read again and skipped (already in the log)
         self._lock = threading.Lock()
 
     def on_start(self, summaries: list[RunSummary]) -> None:
@@ -130,14 +164,35 @@ class FleetTap:
     def on_result(self, result: Any, summary: RunSummary) -> None:
         from stream.render.record import event_record
 
+        i = summary.source_id
+        index = self.frame_index(i, result.frame.index)
+        if index is None:
+            self.replayed[i] += 1
+            return
         record = event_record(result, self.labels, uncertain_below=self.uncertain_below)
-        record["source_id"] = self.ids[summary.source_id]
+        record["source_id"] = self.ids[i]
+        record["frame"] = index
         record["_wall"] = time.time()  # for fps and the outage's length; the driver drops it
         with self._lock:
             if len(self.records) >= BUFFER_RECORDS:
-                self.records.popleft()
-                self.lost += 1
+                gid = self.records.popleft()["source_id"]
+                self.lost[gid] = self.lost.get(gid, 0) + 1
             self.records.append(record)
+
+    def frame_index(self, i: int, local: int) -> int | None:
+        """The frame index in camera ``i``'s log of this run's frame ``local``; None: the log has it already."""
+        if self.replayable[i]:
+            return local if local >= self.resume_from[i] else None
+        return self.resume_from[i] + local
+
+    def counts(self, i: int, captured: int, dropped: int) -> tuple[int, int]:
+        """This run's capture counts of camera ``i`` in its log's terms: (frame index after the last
+        captured frame, frames dropped among those the log did not have yet)."""
+        if not self.replayable[i]:
+            return self.resume_from[i] + captured, dropped
+        # A replay's frames the tap never saw were dropped too (the newest frame wins): not the log's drops.
+        replay_drops = max(0, min(captured, self.resume_from[i]) - self.replayed[i])
+        return captured, max(0, dropped - replay_drops)
 
     def on_source_end(self, summary: RunSummary) -> None:
         with self._lock:
@@ -153,13 +208,30 @@ class FleetTap:
                 if f"'{name}'" in message or len(self.ids) == 1:
                     self.last_error[gid] = message
 
-    def take(self) -> dict[str, Any]:
-        """Everything new since the last call."""
+    def take(self, acked: dict[int, int] | None = None) -> dict[str, Any]:
+        """Forget the records the driver has written, then return every record it has not.
+
+        Args:
+            acked: Per camera id, the last frame index the driver has written: records up to it
+                are dropped from the buffer, the rest are (sent again if they were sent before).
+
+        Returns:
+            ``records`` (in order), ``ended`` cameras and ``last_error`` (new since the last call),
+            ``lost`` (per camera, records dropped from the full buffer in this actor's run).
+        """
+        acked = acked or {}
         with self._lock:
-            records, self.records = list(self.records), deque()
+            if acked:
+                self.records = deque(r for r in self.records if r["frame"] > acked.get(r["source_id"], -1))
             ended, self.ended = self.ended, {}
-            lost, self.lost = self.lost, 0
-            return {"records": records, "ended": ended, "last_error": dict(self.last_error), "lost": lost}
+            return {"records": list(self.records), "ended": ended, "last_error": dict(self.last_error),
+                    "lost": dict(self.lost)}
+
+
+def replayable(spec: SourceSpec) -> bool:
+    """Whether a new actor can play ``spec`` again from its start: a video file (paced or not,
+    local or an ``http(s)://`` file), not a webcam or a stream whose past frames are gone."""
+    return is_remote_file(spec.spec) or not (spec.spec.isdigit() or is_stream_url(spec.spec))
 
 
 class FleetWorker:
@@ -196,14 +268,23 @@ class FleetWorker:
         """The names of this actor's cameras (empty before :meth:`start`)."""
         return list(self.tap.names) if self.tap is not None else []
 
-    def start(self, ids: list[int], specs: list[SourceSpec]) -> dict[str, Any]:
-        """Start the pipeline over these cameras in a thread; ``{"where": ...}`` or ``{"error": ...}``."""
+    def start(self, ids: list[int], specs: list[SourceSpec], resume_from: list[int] | None = None) -> dict[str, Any]:
+        """Start the pipeline over these cameras in a thread; ``{"where": ...}`` or ``{"error": ...}``.
+
+        Args:
+            ids: The cameras' ids in the fleet.
+            specs: Their sources.
+            resume_from: Per camera, the first frame index its log does not have (a new actor
+                after one died): a file is played again and the frames before it skipped, a
+                live camera's frames are numbered on from it.
+        """
         if self.error:
             return {"error": self.error}
         from stream.pipeline import Pipeline, RunOptions
 
         tap = FleetTap(ids, [s.name for s in specs], self.models.classifier.labels,
-                       uncertain_below=self.config.classifier.uncertain_below)
+                       uncertain_below=self.config.classifier.uncertain_below, resume_from=resume_from,
+                       replayable=[replayable(s) for s in specs])
         self.tap = tap
         logging.getLogger("stream").addHandler(WarningTap(tap.note_log))
         pipeline = Pipeline(specs, self.config, RunOptions(display=False, interrupt=self._stop), self.models,
@@ -222,25 +303,31 @@ class FleetWorker:
         self._thread.start()
         return {"where": self.where()}
 
-    def poll(self) -> dict[str, Any]:
-        """New records, ended cameras and last errors; once the pipeline is over, ``done`` and the counts."""
+    def poll(self, acked: dict[int, int] | None = None) -> dict[str, Any]:
+        """The records the driver has not written, ended cameras and last errors; once the pipeline
+        is over, ``done`` and the counts.
+
+        Args:
+            acked: Per camera id, the last frame index the driver has written (see :meth:`FleetTap.take`).
+        """
         if self.tap is None:
-            return {"records": [], "ended": {}, "last_error": {}, "lost": 0, "done": False}
+            return {"records": [], "ended": {}, "last_error": {}, "lost": {}, "done": False}
         done = self._thread is not None and not self._thread.is_alive()
-        answer = self.tap.take()  # after reading ``done``: nothing is written after the thread ends
+        answer = self.tap.take(acked)  # after reading ``done``: nothing is written after the thread ends
         answer["done"] = done
         if done:
             answer["failure"] = self._failure
-            answer["counts"] = {self.tap.ids[s.source_id]: (s.frames_captured, s.frames_dropped)
+            answer["counts"] = {self.tap.ids[s.source_id]: self.tap.counts(s.source_id, s.frames_captured,
+                                                                           s.frames_dropped)
                                 for s in self._summaries}
         return answer
 
-    def stop(self) -> dict[str, Any]:
+    def stop(self, acked: dict[int, int] | None = None) -> dict[str, Any]:
         """End the pipeline (its sources closed), then the last :meth:`poll`."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=_STOP_TIMEOUT_S - 5)
-        return self.poll()
+        return self.poll(acked)
 
 
 # -- The driver side --------------------------------------------------------------------------------
@@ -257,44 +344,88 @@ class _Camera:
     events: Any = None  # its EventLog, or None when event logs are off
     t_start: float | None = None
     max_frames: int | None = None
+    replayable: bool = False  # a file: a new actor plays it again from the first frame the log lacks
     ended: bool = False
     restarts: int = 0
     last_error: str = ""
     where: str = ""
-    # Numbering across actors: a resumed camera's frames and media time go on from where they stopped.
-    frame_base: int = 0
-    t_base: float = 0.0
+    # The log: the next frame index it takes (frames at or below next_frame - 1 are written, never again).
     next_frame: int = 0
+    t_base: float = 0.0  # a live camera's media time goes on across actors (a new one starts at 0)
     last_t: float = 0.0
     last_wall: float | None = None
     resumed: bool = False
-    # This actor's run (frame indexes count every captured frame, so drops show between them).
+    duplicates: int = 0  # records sent again (an answer the driver had, or a replay) and not written twice
+    # This actor's run: frames from run_start on; frame indexes count every captured frame, so drops show.
+    run_open: bool = False
+    run_start: int = 0
     run_processed: int = 0
-    run_captured: int = 0
-    captured_before: int = 0
+    run_lost: int = 0
+    captured_end: int = 0
     dropped_before: int = 0
+    lost_before: int = 0
     recent_wall: deque = field(default_factory=lambda: deque(maxlen=60))
 
-    def end_run(self, counts: tuple[int, int] | None) -> None:
-        """This actor's run of the camera is over: fold its counts into the totals."""
-        captured, dropped = counts if counts is not None else (
-            self.run_captured, max(0, self.run_captured - self.run_processed))
-        self.captured_before += captured
-        self.dropped_before += dropped
-        self.run_captured = self.run_processed = 0
+    @property
+    def acked(self) -> int:
+        """The last frame index written (-1: none): sent with every poll, so the actor forgets those records."""
+        return self.next_frame - 1
 
-    def write(self, record: dict[str, Any]) -> None:
+    @property
+    def lost(self) -> int:
+        return self.lost_before + self.run_lost
+
+    def begin_run(self) -> None:
+        """A new actor takes the camera from the first frame the log lacks."""
+        self.run_open = True
+        self.run_start = self.next_frame
+        self.run_processed = self.run_lost = 0
+
+    def end_run(self, counts: tuple[int, int] | None) -> None:
+        """This actor's run of the camera is over: fold its counts into the totals.
+
+        Args:
+            counts: The run's (frame index after its last captured frame, frames it dropped), in the
+                log's numbering (:meth:`FleetTap.counts`); None when the actor died: the frames it
+                captured after the last written one are played again (a file) or lost with it
+                (a live camera: the outage that ``gap_s`` shows).
+        """
+        if not self.run_open:
+            return
+        self.run_open = False
+        if counts is not None:
+            end, dropped = counts
+            self.captured_end = max(self.captured_end, self.next_frame, end)
+            self.dropped_before += dropped
+        else:
+            self.captured_end = max(self.captured_end, self.next_frame)
+            self.dropped_before += self._run_holes()
+        self.lost_before += self.run_lost
+        self.run_lost = 0
+
+    def _run_holes(self) -> int:
+        """Frames of this run missing between the ones written (dropped before inference or from the buffer)."""
+        return max(0, self.next_frame - self.run_start - self.run_processed) if self.run_open else 0
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_before + self._run_holes()
+
+    def write(self, record: dict[str, Any]) -> bool:
+        """Write the record unless the log has its frame already; True if written."""
+        if int(record["frame"]) < self.next_frame:
+            self.duplicates += 1
+            return False
         wall = float(record.pop("_wall"))
         if self.resumed:
             self.resumed = False
             gap_s = max(0.0, wall - self.last_wall) if self.last_wall is not None else 0.0
-            self.frame_base = self.next_frame - int(record["frame"])
-            self.t_base = self.last_t + gap_s - float(record["t"])
+            if not self.replayable:  # a file's frames keep their own media time
+                self.t_base = self.last_t + gap_s - float(record["t"])
             record["gap_s"] = round(gap_s, 3)
             record["resumed"] = True
         self.run_processed += 1
-        self.run_captured = max(self.run_captured, int(record["frame"]) + 1)
-        record["frame"] = int(record["frame"]) + self.frame_base
+        record["frame"] = int(record["frame"])
         record["t"] = round(float(record["t"]) + self.t_base, 4)
         self.next_frame, self.last_t, self.last_wall = record["frame"] + 1, record["t"], wall
         self.recent_wall.append(wall)
@@ -305,6 +436,7 @@ class _Camera:
         s.faces += len(record["faces"])
         s.label_counts.update(face["label"] for face in record["faces"])
         s.latencies.add(float(record["latency_ms"]))
+        return True
 
     def health(self) -> str:
         s = self.summary
@@ -312,12 +444,14 @@ class _Camera:
         fps = (len(self.recent_wall) - 1) / span if span > 0 else 0.0
         if self.recent_wall and time.time() - self.recent_wall[-1] > 5.0:
             fps = 0.0  # no frame for a while: not the fps of a minute ago
-        dropped = self.dropped_before + max(0, self.run_captured - self.run_processed)
+        dropped = self.dropped
         state = "ended" if self.ended else (f"on {self.where}" if self.where else "waiting for a worker")
         line = (f"[{self.gid}] {s.source} {state}: {s.frames_processed} frames, {dropped} dropped, {fps:.1f} fps, "
                 f"latency p50 {s.latency_percentile(50):.0f} ms p95 {s.latency_percentile(95):.0f} ms")
         if self.restarts:
             line += f", {self.restarts} restart(s)"
+        if self.lost:
+            line += f", {self.lost} record(s) lost (its worker's buffer was full)"
         if self.last_error:
             line += f"; last error: {self.last_error}"
         return line
@@ -351,7 +485,7 @@ def _prepare(specs: Sequence[SourceSpec], config: Config, options: FleetOptions)
         cameras.append(_Camera(i, replace(spec, output=None, events=None, max_frames=None),
                                RunSummary(source=redact_url(spec.name), source_id=i),
                                events_path=Path(events).expanduser().absolute() if events is not None else None,
-                               max_frames=spec.max_frames or options.max_frames))
+                               max_frames=spec.max_frames or options.max_frames, replayable=replayable(spec)))
     return cameras, worker_config
 
 
@@ -419,14 +553,25 @@ def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions
                     if cam.events.published:
                         cam.summary.outputs = [cam.events.path]
             cam.summary.wall_s = t_end - cam.t_start if cam.t_start is not None else 0.0
-            cam.summary.frames_captured = cam.captured_before + cam.run_captured
-            cam.summary.frames_dropped = cam.dropped_before + max(0, cam.run_captured - cam.run_processed)
+            cam.end_run(None)  # a run still open (the driver left early): what was written is what counts
+            cam.summary.frames_captured = max(cam.captured_end, cam.next_frame)
+            cam.summary.frames_dropped = cam.dropped
+            if cam.lost:
+                lost = (f"{cam.lost} event record(s) lost: its worker's buffer ({BUFFER_RECORDS} records) was "
+                        "full (the driver fell behind)")
+                cam.summary.warning = f"{cam.summary.warning}; {lost}" if cam.summary.warning else lost
         result.restarts = [c.restarts for c in cameras]
+        result.records_lost = sum(c.lost for c in cameras)
         if started:
             import ray
 
             ray.shutdown()
     return result
+
+
+def _acked(group: _Group) -> dict[int, int]:
+    """Per camera of the group, the last frame index its log has."""
+    return {c.gid: c.acked for c in group.cameras}
 
 
 class _Driver:
@@ -474,7 +619,7 @@ class _Driver:
                 tick = time.perf_counter()
                 for group in self.groups:
                     if not group.done and group.poll_ref is None:
-                        group.poll_ref = group.actor.poll.remote()
+                        group.poll_ref = group.actor.poll.remote(_acked(group))
                 refs = [r for g in self.groups if not g.done for r in (g.start_ref, g.poll_ref) if r is not None]
                 ray.wait(refs, num_returns=len(refs), timeout=self.options.poll_s)
                 for group in self.groups:
@@ -495,11 +640,14 @@ class _Driver:
             name=name, namespace=self.namespace, num_cpus=self.options.cpus_per_worker,
             num_gpus=self.options.gpus_per_worker, max_restarts=0, scheduling_strategy="SPREAD",
         ).remote(self.config)
-        # A resumed camera with max_frames gets what is left of it.
-        specs = [replace(c.spec, max_frames=max(1, c.max_frames - c.summary.frames_processed) if c.max_frames else None)
-                 for c in group.cameras if not c.ended]
-        ids = [c.gid for c in group.cameras if not c.ended]
-        group.start_ref = group.actor.start.remote(ids, specs)
+        alive = [c for c in group.cameras if not c.ended]
+        for cam in alive:
+            cam.begin_run()
+        # max_frames bounds a camera's frame indexes: a file played again counts from its start,
+        # a live camera's new actor from the first frame the log lacks.
+        specs = [replace(c.spec, max_frames=(c.max_frames if c.replayable else c.max_frames - c.next_frame)
+                         if c.max_frames else None) for c in alive]
+        group.start_ref = group.actor.start.remote([c.gid for c in alive], specs, [c.next_frame for c in alive])
         group.poll_ref = None
 
     def _check(self, group: _Group, dead: type[BaseException]) -> None:
@@ -524,10 +672,13 @@ class _Driver:
     def _take(self, group: _Group, answer: dict[str, Any]) -> None:
         by_id = {c.gid: c for c in group.cameras}
         for record in answer["records"]:
-            by_id[record["source_id"]].write(record)
-        if answer["lost"]:
-            self.result.records_lost += answer["lost"]
-            log.warning("a fleet worker dropped %d event records: the driver fell behind", answer["lost"])
+            by_id[record["source_id"]].write(record)  # each frame once: one the log has is not written again
+        for gid, lost in answer["lost"].items():
+            cam = by_id[gid]
+            if lost > cam.run_lost:
+                log.warning("camera %s: its fleet worker dropped %d event records: the driver fell behind",
+                            cam.summary.source, lost - cam.run_lost)
+                cam.run_lost = lost
         for gid, message in answer["last_error"].items():
             by_id[gid].last_error = message
         for gid, end in answer["ended"].items():
@@ -541,8 +692,7 @@ class _Driver:
         if answer["done"]:
             counts = answer.get("counts", {})
             for cam in group.cameras:
-                if not cam.ended or cam.gid in counts:
-                    cam.end_run(counts.get(cam.gid))
+                cam.end_run(counts.get(cam.gid))  # a camera that ended on an earlier actor has no open run
                 if not cam.ended and answer.get("failure"):
                     cam.summary.error = StreamError(answer["failure"])
                     cam.last_error = answer["failure"]
@@ -556,10 +706,13 @@ class _Driver:
     def _replace(self, group: _Group, err: BaseException) -> None:
         group.deaths += 1
         self._kill(group)
+        for cam in group.cameras:
+            cam.end_run(None)
+            if not cam.ended and cam.max_frames is not None and cam.next_frame >= cam.max_frames:
+                cam.ended = True  # its last frame is written: nothing left for a new actor
         alive = [c for c in group.cameras if not c.ended]
         names = ", ".join(c.summary.source for c in alive)
         for cam in alive:
-            cam.end_run(None)
             cam.where = ""
             cam.restarts += 1
             cam.resumed = True
@@ -592,7 +745,7 @@ class _Driver:
         stopping = {}
         for group in self.groups:
             if not group.done and group.actor is not None and group.start_ref is None:
-                stopping[group.actor.stop.remote()] = group
+                stopping[group.actor.stop.remote(_acked(group))] = group  # an answer in flight comes again
         if stopping:
             ray.wait(list(stopping), num_returns=len(stopping), timeout=_STOP_TIMEOUT_S)
         for ref, group in stopping.items():
