@@ -61,7 +61,7 @@ from stream.config import Config, load_config  # noqa: E402
 from stream.errors import StreamError  # noqa: E402
 from stream.infer import EmotionClassifier, crop_faces  # noqa: E402
 from stream.infer.session import PROVIDER_NAMES, resolve_providers  # noqa: E402
-from stream.pipeline import Models, RunOptions, RunSummary, load_models, run  # noqa: E402
+from stream.pipeline import Models, Pipeline, RunOptions, RunSummary, SourceSpec, load_models  # noqa: E402
 from stream.records import EndOfStream, Face, Frame, FrameResult, StageError  # noqa: E402
 from stream.render import EventLog, annotate, event_record  # noqa: E402
 
@@ -325,9 +325,11 @@ def bench_pipeline(clip: Clip, frames: int, config: Config, models: Models, reco
     events = out_dir / f"{clip.name}.events.jsonl" if recording else None
 
     def once(k: int) -> tuple[RunSummary, dict[str, float]]:
-        options = RunOptions(output=video, events=events, display=False, max_frames=k if k < clip.frames else None)
+        options = RunOptions(display=False, max_frames=k if k < clip.frames else None)
         with ThreadCpu() as cpu:
-            summary = run(str(clip.path), cfg, options, models)
+            (summary,) = Pipeline([SourceSpec(str(clip.path), output=video, events=events)], cfg, options, models).run()
+        if summary.error is not None:
+            raise summary.error
         if summary.warning:
             raise RuntimeError(summary.warning)
         if summary.frames_processed != k:

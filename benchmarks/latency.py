@@ -135,7 +135,8 @@ def measure(
     try:
         if stage == "infer" and process is None:
             from stream.infer import InferenceThread
-            from stream.pipeline import _tracker, load_models
+            from stream.pipeline import load_models
+            from stream.track import IouTracker
 
             models = load_models(config)
             timed = _TimedDetector(models.detector)
@@ -144,7 +145,7 @@ def measure(
                 capture.frames,
                 timed,  # type: ignore[arg-type]  # a FaceDetector that notes batch start times
                 models.classifier,
-                _tracker(config, False),
+                IouTracker.from_config(config.tracking),
                 config.runtime.batch_size,
                 config.runtime.result_queue_size,
                 stop,
@@ -239,13 +240,14 @@ def _report(stage: str, seconds: float, source: LiveSource, config: Config, rows
 def measure_pipeline(
     url: str, config: Config, seconds: float, out_dir: Path, size_wh: tuple[int, int], fps: float
 ) -> Report:
-    """``stream.pipeline.run`` on the stream, as ``emostream run URL --max-seconds S --no-display`` does."""
-    from stream.pipeline import RunOptions, run
+    """The pipeline on the stream, as ``emostream run URL --max-seconds S --no-display`` does."""
+    from stream.pipeline import Pipeline, RunOptions, SourceSpec
 
-    options = RunOptions(
-        output=out_dir / "live.annotated.mp4", events=out_dir / "live.events.jsonl", display=False, max_seconds=seconds
-    )
-    summary = run(url, config.with_overrides({"output.progress": False}), options)
+    spec = SourceSpec(url, output=out_dir / "live.annotated.mp4", events=out_dir / "live.events.jsonl")
+    (summary,) = Pipeline([spec], config.with_overrides({"output.progress": False}),
+                          RunOptions(display=False, max_seconds=seconds)).run()
+    if summary.error is not None:
+        raise summary.error
     report = Report("pipeline", seconds, size_wh, fps, config.capture.rtsp_transport)
     report.captured, report.processed, report.dropped = (
         summary.frames_captured,

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from stream.config import Config, load_config
     from stream.contract import CONTRACT_KEY, ModelContract
     from stream.errors import ConfigError, DataError, ModelError, OutputError, SourceError, StreamError
-    from stream.pipeline import Models, Pipeline, RunOptions, RunSummary, SourceSpec, load_models, run
+    from stream.pipeline import Models, Pipeline, RunOptions, RunSummary, SourceSpec, load_models
     from stream.records import Face, Frame, FrameResult
 
 _HOME = {
@@ -41,7 +41,6 @@ _HOME = {
     "StreamError": "stream.errors",
     "load_config": "stream.config",
     "load_models": "stream.pipeline",
-    "run": "stream.pipeline",
 }
 
 __all__ = [
@@ -64,7 +63,6 @@ __all__ = [
     "StreamError",
     "load_config",
     "load_models",
-    "run",
 ]
 __version__ = "0.1.0"
 

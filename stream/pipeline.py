@@ -4,32 +4,46 @@
     capture thread, source 1 --queue---> inference thread --results--> this thread --> sinks of source 1
     ...                                 (Mux: fair batches;             (demux by source_id: draw,
                                           detect + classify;             write video, event log,
-                                          a tracker per source)          summary; window / mosaic)
+                                          a tracker per source)          summary; observers; yield)
 
-A file source is lossless, a live one keeps its newest frames. A source that
-ends or fails ends alone: its sinks are finalised, its summary says why, and the
-others go on; the run ends when every source has ended. An error of the
-inference stage stops everything. Every queue is bounded, every wait watches one
-stop event, and the ``finally`` closes every thread and output, so Ctrl-C or a
-crash still leaves playable videos and complete event logs.
+Drive it from Python::
+
+    with Pipeline(["clip.mp4", "rtsp://cam/1"], config) as pipeline:
+        for result in pipeline:            # a FrameResult of any source, after its outputs took it
+            print(result.frame.source_id, [f.probs.argmax() for f in result.faces])
+    pipeline.summaries                     # one RunSummary per source
+
+or let it run to the end: ``Pipeline(sources, config).run()``. Sources are spec strings,
+:class:`SourceSpec` or :class:`~stream.capture.FrameSource` objects (anything that yields frames),
+and can be added and removed while it runs (:meth:`Pipeline.add_source`, :meth:`Pipeline.remove_source`,
+from any thread): each source brings its own capture thread, tracker, outputs and summary.
+
+A file source is lossless, a live one keeps its newest frames; a camera that is down (at start or
+later) is retried on its own capture thread. A source that ends or fails ends alone: its outputs
+are finalised, its summary says why, and the others go on; the run ends when every source has
+ended (``keep_open``: when it is closed). An error of the inference stage stops everything. Every
+queue is bounded, every wait watches a stop event, and :meth:`Pipeline.close` closes every thread
+and output, so Ctrl-C or a crash still leaves playable videos and complete event logs.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
 from stream.capture import CaptureThread, FrameSource, ImageSource, LiveSource, open_source
 from stream.capture.spec import SourceSpec, source_name, unique_names
-from stream.config import CaptureConfig, Config
+from stream.config import Config
 from stream.errors import ConfigError, SourceError, StreamError
 from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
 from stream.infer.session import BatchBuckets, resolve_providers
@@ -40,13 +54,12 @@ from stream.render.sinks import SourceSinks
 from stream.summary import RunSummary
 from stream.track import IouTracker
 
-__all__ = ["Models", "Observer", "Pipeline", "RunOptions", "RunSummary", "SourceSpec", "default_outputs", "load_models",
-           "run", "source_name"]
+__all__ = ["Models", "Observer", "Pipeline", "RunOptions", "RunSummary", "SourceSpec", "default_outputs",
+           "load_models", "source_name"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
-
 
 @dataclass(frozen=True)
 class Models:
@@ -61,8 +74,6 @@ class RunOptions:
     """Per-run choices that are not config (they come from the command line).
 
     Attributes:
-        output: Annotated video/image path, or None for the default (single source only).
-        events: JSON Lines path, or None for the default (single source only).
         display: Show a window (None: when a source is a webcam and a display exists).
         max_frames: Stop each source after this many frames.
         max_seconds: Stop after this many seconds (exit 0).
@@ -70,15 +81,15 @@ class RunOptions:
         publish_interrupted: Publish the outputs of the sources the interrupt cut short (``run``: yes,
             a Ctrl-C keeps what was recorded). A batch job says no: an unfinished input's outputs
             stay under their partial names (its earlier outputs, if any, as they were) and it is redone.
+        keep_open: Keep running when every source has ended, for sources added later (a dashboard).
     """
 
-    output: Path | None = None
-    events: Path | None = None
     display: bool | None = None
     max_frames: int | None = None
     max_seconds: float | None = None
     interrupt: threading.Event | None = None
     publish_interrupted: bool = True
+    keep_open: bool = False
 
 
 def load_models(config: Config) -> Models:
@@ -119,24 +130,12 @@ def default_outputs(source: str, image_mode: bool, config: Config, name: str | N
     return video, events
 
 
-def run(source_spec: str, config: Config, options: RunOptions, models: Models | None = None) -> RunSummary:
-    """Process one source end to end (see :class:`Pipeline`). Ctrl-C ends it early, outputs finalised.
-
-    Raises:
-        StreamError: Bad source, model, config or output path; an error in any stage.
-    """
-    spec = SourceSpec(source_spec, output=options.output, events=options.events)
-    summary = Pipeline([spec], config, options, models).run()[0]
-    if summary.error is not None:
-        raise summary.error
-    return summary
-
-
 class Observer(Protocol):
-    """Something that watches a running pipeline (a web dashboard, a fleet monitor).
+    """Something that watches a running pipeline (a web dashboard, a fleet monitor, an MQTT publisher).
 
-    ``wants_images``: whether it needs the frames annotated (drawing costs time; an
-    observer without the attribute gets them).
+    ``wants_images``: whether it needs the frames annotated (drawing costs time; an observer
+    without the attribute gets them). ``on_source_added`` (optional): a source joined a running
+    pipeline. All are called on the pipeline's consuming thread and must return at once.
     """
 
     def on_start(self, summaries: list[RunSummary]) -> None:
@@ -146,39 +145,70 @@ class Observer(Protocol):
         """A frame of ``summary``'s source was processed; ``result.frame.image_bgr`` is annotated."""
 
     def on_source_end(self, summary: RunSummary) -> None:
-        """That source ended (``summary.error`` says why, if it failed)."""
+        """That source ended (``summary.error`` says why, if it failed; ``warning`` "removed" when removed)."""
+
+
+@dataclass
+class _Lane:
+    """One source's way through the pipeline: its source, capture thread, tracker, outputs and summary."""
+
+    spec: SourceSpec
+    source: FrameSource
+    sink: SourceSinks
+    tracker: IouTracker
+    capture: CaptureThread
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def summary(self) -> RunSummary:
+        return self.sink.summary
 
 
 class Pipeline:
-    """Many sources, one batched inference stage, per-source sinks (see the module docstring).
+    """Many sources, one batched inference stage, per-source outputs (see the module docstring).
 
     Args:
-        sources: The sources, in ``source_id`` order; names must be unique.
-        config: The configuration.
-        options: Display, limits and the interrupt event.
+        sources: Spec strings (paths, URLs, webcam indexes), :class:`SourceSpec` or unopened
+            :class:`~stream.capture.FrameSource` objects, in ``source_id`` order; names must be unique.
+        config: The configuration (the defaults when None).
+        options: Display, limits, the interrupt event.
         models: Loaded models (loaded from ``config`` when None).
-        observers: Also told of every result and every source's end (a web dashboard);
+        observers: Also told of every result and every source's start and end (a web dashboard);
             they run on the consuming thread and must return at once.
+
+    Raises:
+        ConfigError: More sources than ``capture.max_sources``.
     """
 
-    def __init__(self, sources: Sequence[SourceSpec], config: Config, options: RunOptions,
-                 models: Models | None = None, observers: Sequence[Observer] = ()) -> None:
-        if not sources:
-            raise ValueError("a pipeline needs at least one source")
-        if len(sources) > config.capture.max_sources:
-            # Each file source buffers up to capture.queue_size decoded frames: 200 sources took 15 GB.
-            raise ConfigError(f"{len(sources)} sources in one process: more than capture.max_sources "
-                              f"({config.capture.max_sources}); raise it in a --config file if the memory is "
-                              "there (each video file buffers up to capture.queue_size frames), or split "
-                              "the sources over several runs")
-        self.specs = unique_names(sources)
-        self.config = config
-        self.options = options
+    def __init__(self, sources: Sequence[str | SourceSpec | FrameSource], config: Config | None = None,
+                 options: RunOptions | None = None, models: Models | None = None,
+                 observers: Sequence[Observer] = ()) -> None:
+        self.config = config or Config()
+        self.options = options or RunOptions()
+        self.specs = unique_names([_as_spec(s) for s in sources])
+        _check_count(len(self.specs), self.config)
+        if not self.specs and not self.options.keep_open:
+            raise ValueError("a pipeline needs at least one source (or keep_open, to add them later)")
         self.models = models
         self.observers = list(observers)
+        self._lanes: list[_Lane] = []
+        self._inference: InferenceThread | None = None
+        self._window: Window | None = None
+        self._requests: queue.SimpleQueue[tuple[str, Any, concurrent.futures.Future]] = queue.SimpleQueue()
+        self._wake = threading.Event()  # set by every capture thread after a put; the mux waits on it
+        self._consumer: int | None = None  # the consuming thread's ident
+        self._started = self._closed = False
+        self._deadline: float | None = None
+
+    # -- the public surface ---------------------------------------------------------------------
+
+    @property
+    def summaries(self) -> list[RunSummary]:
+        """One summary per source (added ones included), live while running, final after :meth:`close`."""
+        return [lane.summary for lane in self._lanes]
 
     def run(self) -> list[RunSummary]:
-        """Run until every source ended, ``max_seconds`` passed or the interrupt was set.
+        """Run until every source ended, ``max_seconds`` passed or the interrupt was set (Ctrl-C too).
 
         Returns:
             One summary per source; a source that failed alone has its ``error`` set.
@@ -187,75 +217,259 @@ class Pipeline:
             StreamError: A source or output could not be opened (nothing was started),
                 or the inference stage failed.
         """
-        config, options = self.config, self.options
-        models = self.models or load_models(config)
-        stop = threading.Event()
-        sources: list[FrameSource] = []
-        sinks: list[SourceSinks] = []
-        captures: list[CaptureThread] = []
-        inference: InferenceThread | None = None
-        window: Window | None = None
-        summaries: list[RunSummary] = []
         try:
-            open_deadline = None if options.max_seconds is None else time.monotonic() + options.max_seconds
-            for spec in self.specs:
-                # Files open here (bad input stops the run before any work); cameras and streams open
-                # on their capture threads, retried while down, so one that is down is down alone.
-                sources.append(open_source(spec.spec, _open_config(config.capture, open_deadline), paced=spec.paced,
-                                           defer_live=True))
-            for i, (spec, source) in enumerate(zip(self.specs, sources, strict=True)):
-                summary = RunSummary(source=source.name, source_id=i, name=spec.name)
-                summaries.append(summary)
-                writer, events = _open_outputs(spec, source, config)
-                sinks.append(SourceSinks(source, summary, models.classifier.labels, writer, events,
-                                         bars=config.output.probability_bars,
-                                         fps_overlay=config.output.fps_overlay,
-                                         uncertain_below=config.classifier.uncertain_below))
-            window = _window(sources, options)
-            wake = threading.Event()  # set by every capture thread after a put; the mux waits on it
-            for i, (spec, source) in enumerate(zip(self.specs, sources, strict=True)):
-                size = config.capture.live_buffer if source.live else config.capture.queue_size
-                captures.append(CaptureThread(source, size, stop, spec.max_frames or options.max_frames,
-                                              source_id=i, on_put=wake.set, open_first=isinstance(source, LiveSource)))
-            trackers = [_tracker(config, isinstance(s, ImageSource)) for s in sources]
-            inference = InferenceThread([c.frames for c in captures], models.detector, models.classifier,
-                                        trackers.__getitem__, config.runtime.batch_size,
-                                        config.runtime.result_queue_size, stop,
-                                        batch_timeout_s=config.runtime.batch_timeout_ms / 1000.0,
-                                        detect_every=config.runtime.detect_every, ready=wake)
-            for capture in captures:
-                capture.start()
-            inference.start()
-            for observer in self.observers:
-                observer.on_start(summaries)
-            _consume(inference.results, sinks, sources, window, options, config, self.observers)
+            with self:
+                for _ in self:
+                    pass
         except KeyboardInterrupt:
-            for summary in summaries:
-                summary.interrupted = True
-        except BaseException:
-            for sink in sinks:
-                sink.abort()  # a failed run publishes nothing: earlier files with the outputs' names stay
-            raise
-        finally:
-            stop.set()
-            for i, source in enumerate(sources):
-                if i < len(captures):
-                    captures[i].close()
-                    summaries[i].frames_captured = captures[i].captured
-                    summaries[i].frames_dropped = captures[i].dropped
-                    _never_up(source, summaries[i])
-                else:
+            pass  # __exit__ marked the summaries interrupted and finalised the outputs
+        return self.summaries
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            for lane in self._lanes:
+                if not lane.sink.closed:
+                    lane.summary.interrupted = True
+            self.close()
+        elif kind is not None:
+            self.close(failed=True)  # a failed run publishes nothing: earlier files with the outputs' names stay
+        else:
+            self.close()
+
+    def start(self) -> None:
+        """Load the models (if not given), open the sources and outputs, start the threads.
+
+        Files are opened here, so bad input stops the run before any work; cameras and
+        streams open on their capture threads, retried while down, so one that is down is
+        down alone.
+
+        Raises:
+            StreamError: A source, model or output could not be opened (nothing is left running).
+        """
+        if self._started:
+            return
+        self._started = True
+        config, options = self.config, self.options
+        try:
+            self.models = self.models or load_models(config)
+            if options.max_seconds is not None:
+                self._deadline = time.monotonic() + options.max_seconds
+            opened: list[tuple[SourceSpec, FrameSource, bool]] = []
+            try:
+                for spec in self.specs:
+                    opened.append((spec, *self._open(spec)))
+            except BaseException:
+                for _, source, _ in opened:
                     source.close()
-            if inference is not None:
-                inference.close()
-            for sink in sinks:
-                if sink.summary.interrupted and not options.publish_interrupted:
-                    sink.abort()  # a source that had already ended is closed: abort leaves it published
-                else:
-                    sink.close()
-            if window is not None:
-                window.close()
-        return summaries
+                raise
+            for i, (spec, source, open_first) in enumerate(opened):
+                try:
+                    self._lanes.append(self._lane(i, spec, source, open_first))
+                except BaseException:
+                    for _, rest, _ in opened[i:]:
+                        rest.close()
+                    raise
+            self._window = _window([lane.source for lane in self._lanes], options)
+            self._inference = InferenceThread([lane.capture.frames for lane in self._lanes], self.models.detector,
+                                              self.models.classifier, self._tracker_of, config.runtime.batch_size,
+                                              config.runtime.result_queue_size, threading.Event(),
+                                              batch_timeout_s=config.runtime.batch_timeout_ms / 1000.0,
+                                              detect_every=config.runtime.detect_every, ready=self._wake,
+                                              keep_open=options.keep_open)
+            for lane in self._lanes:
+                lane.capture.start()
+            self._inference.start()
+            for observer in self.observers:
+                observer.on_start(self.summaries)
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        """Each processed frame of every source, after its outputs and observers took it.
+
+        The results of one source come in capture order. Iteration ends when every source
+        ended, ``max_seconds`` passed, the interrupt was set or the window was closed; an
+        error of the inference stage is raised here.
+        """
+        self.start()
+        self._consumer = threading.get_ident()
+        yield from _consume(self)
+
+    def add_source(self, source: str | SourceSpec | FrameSource, timeout_s: float = 30.0) -> int:
+        """Add a source to the running pipeline (from any thread); returns its ``source_id``.
+
+        Before :meth:`start` it joins the initial sources. A name already taken gets a suffix.
+
+        Raises:
+            StreamError: It cannot be opened, its outputs cannot be written, or the pipeline is closed.
+        """
+        spec = _as_spec(source)
+        if not self._started:
+            self.specs = unique_names([*self.specs, spec])
+            _check_count(len(self.specs), self.config)
+            return len(self.specs) - 1
+        return int(self._request("add", spec, timeout_s))
+
+    def remove_source(self, source_id: int, timeout_s: float = 30.0) -> None:
+        """Stop one source (from any thread): its outputs are finalised, the others go on.
+
+        Raises:
+            ConfigError: No such source, or it has ended already.
+        """
+        if not self._started:
+            raise ConfigError("remove_source: the pipeline has not started")
+        self._request("remove", source_id, timeout_s)
+
+    def close(self, *, failed: bool = False) -> None:
+        """Stop every thread and finalise every output (idempotent).
+
+        Args:
+            failed: Publish nothing (the run failed): earlier files with the outputs' names stay.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for lane in self._lanes:
+            lane.capture.close()
+            lane.summary.frames_captured = lane.capture.captured
+            lane.summary.frames_dropped = lane.capture.dropped
+            _never_up(lane.source, lane.summary)
+        if self._inference is not None:
+            self._inference.close()
+        for lane in self._lanes:
+            if failed or (lane.summary.interrupted and not self.options.publish_interrupted):
+                lane.sink.abort()  # a source that had already ended is closed: abort leaves it published
+            else:
+                lane.sink.close()
+        if self._window is not None:
+            self._window.close()
+        while True:  # nobody will serve what is still asked
+            try:
+                _, _, future = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            future.set_exception(ConfigError("the pipeline is closed"))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _open(self, spec: SourceSpec) -> tuple[FrameSource, bool]:
+        """The source, opened unless it is live (then True: its capture thread opens it)."""
+        if spec.source is not None:
+            if not spec.source.live:
+                spec.source.open()  # a file-like object: bad input is refused now, as for files
+            return spec.source, spec.source.live
+        capture = self.config.capture
+        if self._deadline is not None:
+            # --max-seconds bounds the opening too: a port that accepts and never answers is given up by
+            # then. Half a second at least, so a late source still gets a try; reconnects keep the bound.
+            left_s = max(0.5, self._deadline - time.monotonic())
+            capture = replace(capture, open_timeout_s=min(capture.open_timeout_s, left_s))
+        source = open_source(spec.spec, capture, paced=spec.paced, defer_live=True)
+        return source, isinstance(source, LiveSource)
+
+    def _lane(self, source_id: int, spec: SourceSpec, source: FrameSource, open_first: bool) -> _Lane:
+        config = self.config
+        assert self.models is not None  # loaded by start()
+        writer, events = _open_outputs(spec, source, config)
+        summary = RunSummary(source=source.name, source_id=source_id, name=spec.name)
+        sink = SourceSinks(source, summary, self.models.classifier.labels, writer, events,
+                           bars=config.output.probability_bars, fps_overlay=config.output.fps_overlay,
+                           uncertain_below=config.classifier.uncertain_below)
+        stop = threading.Event()
+        size = config.capture.live_buffer if source.live else config.capture.queue_size
+        capture = CaptureThread(source, size, stop, spec.max_frames or self.options.max_frames, source_id=source_id,
+                                on_put=self._wake.set, open_first=open_first)
+        tracker = IouTracker.from_config(config.tracking, still_images=isinstance(source, ImageSource))
+        return _Lane(spec, source, sink, tracker, capture, stop)
+
+    def _tracker_of(self, source_id: int) -> IouTracker:
+        return self._lanes[source_id].tracker
+
+    def _request(self, what: str, arg: Any, timeout_s: float) -> Any:
+        if self._closed:
+            raise ConfigError("the pipeline is closed")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if threading.get_ident() == self._consumer:
+            self._serve(what, arg, future)  # asked from inside the loop: no one else would serve it
+        else:
+            self._requests.put((what, arg, future))
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise ConfigError(f"{what} source: the pipeline did not answer within {timeout_s:g} s") from None
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                what, arg, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            self._serve(what, arg, future)
+
+    def _serve(self, what: str, arg: Any, future: concurrent.futures.Future) -> None:
+        """Add or remove a source, on the consuming thread (the only one that changes the lanes)."""
+        try:
+            if what == "add":
+                future.set_result(self._add(arg))
+            else:
+                self._remove(int(arg))
+                future.set_result(None)
+        except BaseException as err:
+            future.set_exception(err)
+
+    def _add(self, spec: SourceSpec) -> int:
+        assert self._inference is not None
+        _check_count(sum(1 for lane in self._lanes if not lane.sink.closed) + 1, self.config)
+        spec = unique_names([lane.spec for lane in self._lanes] + [spec])[-1]
+        source, open_first = self._open(spec)
+        try:
+            lane = self._lane(len(self._lanes), spec, source, open_first)
+        except BaseException:
+            source.close()
+            raise
+        self._lanes.append(lane)  # before the mux sees it: the tracker must be there
+        self._inference.mux.add(lane.summary.source_id, lane.capture.frames)
+        lane.capture.start()
+        for observer in self.observers:
+            added = getattr(observer, "on_source_added", None)
+            if callable(added):
+                added(lane.summary)
+        log.info("source %s added: %s", lane.summary.source_id, lane.summary.source)
+        return lane.summary.source_id
+
+    def _remove(self, source_id: int) -> None:
+        assert self._inference is not None
+        if not 0 <= source_id < len(self._lanes) or self._lanes[source_id].sink.closed:
+            raise ConfigError(f"no running source {source_id}")
+        lane = self._lanes[source_id]
+        self._inference.mux.retire(source_id)
+        lane.capture.close()
+        _end_source(lane.sink, EndOfStream("removed", warning="removed", source_id=source_id))
+        for observer in self.observers:
+            observer.on_source_end(lane.summary)
+
+
+def _as_spec(source: str | SourceSpec | FrameSource) -> SourceSpec:
+    if isinstance(source, SourceSpec):
+        return source
+    if isinstance(source, str):
+        return SourceSpec(source)
+    return SourceSpec(source.name, source=source)
+
+
+def _check_count(n: int, config: Config) -> None:
+    if n > config.capture.max_sources:
+        # Each file source buffers up to capture.queue_size decoded frames: 200 sources took 15 GB.
+        raise ConfigError(f"{n} sources in one process: more than capture.max_sources "
+                          f"({config.capture.max_sources}); raise it in a --config file if the memory is "
+                          "there (each video file buffers up to capture.queue_size frames), or split "
+                          "the sources over several runs")
 
 
 def _never_up(source: FrameSource, summary: RunSummary) -> None:
@@ -285,18 +499,6 @@ def _open_outputs(spec: SourceSpec, source: FrameSource, config: Config
     return writer, events
 
 
-def _open_config(capture: CaptureConfig, deadline: float | None) -> CaptureConfig:
-    """``max_seconds`` bounds the opening too: a port that accepts and never answers is given up by then.
-
-    The deadline counts from the first open (after the models are loaded); a source keeps the
-    bounded timeout for its reconnects. Half a second at least, so a late source still gets a try.
-    """
-    if deadline is None:
-        return capture
-    left_s = max(0.5, deadline - time.monotonic())
-    return replace(capture, open_timeout_s=min(capture.open_timeout_s, left_s))
-
-
 def _window(sources: list[FrameSource], options: RunOptions) -> Window | None:
     # Default window: a webcam on a machine with a display (a camera URL usually runs headless).
     webcam = any(isinstance(s, LiveSource) and not s.is_url for s in sources)
@@ -307,53 +509,53 @@ def _window(sources: list[FrameSource], options: RunOptions) -> Window | None:
     return Window(f"emostream - {title}")
 
 
-def _tracker(config: Config, image_mode: bool) -> IouTracker:
-    t = config.tracking
-    smooth = t.smoothing == "on" or (t.smoothing == "auto" and not image_mode)
-    return IouTracker(t.iou_threshold, t.max_missed_frames, t.smoothing_alpha if smooth else 1.0)
-
-
-def _consume(results: queue.Queue, sinks: list[SourceSinks], sources: list[FrameSource], window: Window | None,
-             options: RunOptions, config: Config, observers: Sequence[Observer] = ()) -> None:
+def _consume(pipeline: Pipeline) -> Iterator[FrameResult]:
     """The demux and render/record stage, on the calling thread (a window must live on the main thread)."""
-    counts = [s.frame_count or 0 for s in sources]
-    known = all(not s.live and s.frame_count for s in sources)  # a total for the progress bar
-    show_progress = config.output.progress and not (known and sum(counts) <= 1)
+    assert pipeline._inference is not None
+    options, lanes, window = pipeline.options, pipeline._lanes, pipeline._window
+    results = pipeline._inference.results
+    counts = [lane.source.frame_count or 0 for lane in lanes]
+    known = bool(lanes) and all(not lane.source.live and lane.source.frame_count for lane in lanes)
+    show_progress = pipeline.config.output.progress and not (known and sum(counts) <= 1)
     progress: tqdm | None = None  # from the first frame on: a camera that never comes up leaves no empty bar
     t_start = time.perf_counter()
-    draw_for_observers = any(getattr(o, "wants_images", True) for o in observers)
+    draw_for_observers = any(getattr(o, "wants_images", True) for o in pipeline.observers)
     try:
         while True:
+            pipeline._serve_requests()
             if options.max_seconds is not None and time.perf_counter() - t_start >= options.max_seconds:
                 break
             if options.interrupt is not None and options.interrupt.is_set():
-                for sink in sinks:
-                    if not sink.closed:  # a source that ended before the interrupt is complete
-                        sink.summary.interrupted = True
+                for lane in lanes:
+                    if not lane.sink.closed:  # a source that ended before the interrupt is complete
+                        lane.summary.interrupted = True
                 break
             try:
                 item = results.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
             if isinstance(item, FrameResult):
-                sink = sinks[item.frame.source_id]
-                sink.write(item, draw=window is not None or draw_for_observers)
-                for observer in observers:
-                    observer.on_result(item, sink.summary)
+                lane = lanes[item.frame.source_id]
+                if lane.sink.closed:
+                    continue  # removed while its last frames were in flight
+                lane.sink.write(item, draw=window is not None or draw_for_observers)
+                for observer in pipeline.observers:
+                    observer.on_result(item, lane.summary)
                 if progress is None:
                     progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
                                     disable=not show_progress, leave=False)
                 progress.update()
-                if window is not None and window.show(_window_image(sinks)):
+                yield item
+                if window is not None and window.show(_window_image(lanes)):
                     break
             elif item.source_id is None:  # the inference stage itself
                 if isinstance(item, StageError):
                     raise item.error
                 break
-            else:
-                _end_source(sinks[item.source_id], item, others=len(sinks) > 1)
-                for observer in observers:
-                    observer.on_source_end(sinks[item.source_id].summary)
+            elif not lanes[item.source_id].sink.closed:
+                _end_source(lanes[item.source_id].sink, item, others=len(lanes) > 1)
+                for observer in pipeline.observers:
+                    observer.on_source_end(lanes[item.source_id].summary)
     finally:
         if progress is not None:
             progress.close()
@@ -378,7 +580,7 @@ def _end_source(sink: SourceSinks, marker: EndOfStream | StageError, *, others: 
     sink.close()
 
 
-def _window_image(sinks: list[SourceSinks]):  # type: ignore[no-untyped-def]
-    if len(sinks) == 1:
-        return sinks[0].last_image
-    return mosaic([s.last_image for s in sinks])
+def _window_image(lanes: list[_Lane]):  # type: ignore[no-untyped-def]
+    if len(lanes) == 1:
+        return lanes[0].sink.last_image
+    return mosaic([lane.sink.last_image for lane in lanes])

@@ -10,11 +10,15 @@ smoothed per track with an exponential moving average so labels do not flicker.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from stream.boxes import pairwise_iou
 from stream.records import Face
+
+if TYPE_CHECKING:
+    from stream.config import TrackingConfig
 
 __all__ = ["IouTracker"]
 
@@ -42,6 +46,12 @@ class IouTracker:
         self.alpha = smoothing_alpha
         self._tracks: list[_Track] = []
         self._next_id = 0
+
+    @classmethod
+    def from_config(cls, tracking: TrackingConfig, *, still_images: bool = False) -> IouTracker:
+        """The tracker ``tracking:`` describes; ``smoothing: auto`` smooths video and live sources, not images."""
+        smooth = tracking.smoothing == "on" or (tracking.smoothing == "auto" and not still_images)
+        return cls(tracking.iou_threshold, tracking.max_missed_frames, tracking.smoothing_alpha if smooth else 1.0)
 
     def update(self, faces: list[Face]) -> list[Face]:
         """Set ``id`` on each face of one frame and smooth its ``probs`` in place. Returns ``faces``."""

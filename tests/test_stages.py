@@ -14,7 +14,7 @@ from stream.capture import CaptureThread
 from stream.config import Config
 from stream.errors import SourceError
 from stream.infer import EmotionClassifier, FaceDetector
-from stream.pipeline import Models, RunOptions, run
+from stream.pipeline import Models, Pipeline, RunOptions, RunSummary, SourceSpec
 from stream.records import EndOfStream, Frame, StageError
 from stream.render.outputs import partial_path
 from tests.conftest import REPO
@@ -113,6 +113,13 @@ def models() -> Models:
     return Models(FaceDetector.from_path(config.detector.model), EmotionClassifier.from_path(config.classifier.model))
 
 
+def run_one(spec: SourceSpec, config: Config, options: RunOptions, models: Models) -> RunSummary:
+    (summary,) = Pipeline([spec], config, options, models).run()
+    if summary.error is not None:
+        raise summary.error
+    return summary
+
+
 def test_inference_error_stops_everything_and_reaches_the_caller(models: Models, clips: dict[str, Path],
                                                                   tmp_path: Path) -> None:
     broken = Models(FailingDetector(models.detector), models.classifier)  # type: ignore[arg-type]
@@ -120,7 +127,7 @@ def test_inference_error_stops_everything_and_reaches_the_caller(models: Models,
     out, ev = tmp_path / "o.mp4", tmp_path / "e.jsonl"
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="detector exploded"):
-        run(str(clips["vga601"]), config, RunOptions(output=out, events=ev, display=False), broken)
+        run_one(SourceSpec(str(clips["vga601"]), output=out, events=ev), config, RunOptions(display=False), broken)
     assert time.monotonic() - t0 < 20
     assert not [t.name for t in threading.enumerate() if t.name in ("capture", "inference")]  # both ended
     # A failed run publishes nothing (an earlier file with those names would stay as it was): what it
@@ -139,13 +146,13 @@ def test_inference_error_stops_everything_and_reaches_the_caller(models: Models,
 def test_max_frames_and_interrupt(models: Models, clips: dict[str, Path], tmp_path: Path) -> None:
     # output.dir: the run below without --output must not write into the repository's out/.
     config = Config().with_overrides({"output.progress": False, "output.dir": tmp_path})
-    summary = run(str(clips["vga"]), config, RunOptions(output=tmp_path / "a.mp4", events=tmp_path / "a.jsonl",
-                                                        display=False, max_frames=17), models)
+    spec = SourceSpec(str(clips["vga"]), output=tmp_path / "a.mp4", events=tmp_path / "a.jsonl")
+    summary = run_one(spec, config, RunOptions(display=False, max_frames=17), models)
     assert summary.frames_processed == 17 and len((tmp_path / "a.jsonl").read_text().splitlines()) == 17
     stop = threading.Event()
     stop.set()
-    summary = run(str(clips["vga"]), config, RunOptions(events=tmp_path / "b.jsonl", display=False, interrupt=stop),
-                  models)
+    summary = run_one(SourceSpec(str(clips["vga"]), events=tmp_path / "b.jsonl"), config,
+                      RunOptions(display=False, interrupt=stop), models)
     assert summary.interrupted and summary.frames_processed == 0
 
 

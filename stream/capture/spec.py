@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,6 +42,8 @@ class SourceSpec:
         events: Event log path (default: ``<output.dir>/<name>.events.jsonl``).
         max_frames: Stop this source after this many frames.
         paced: A video file plays as a live camera: at its frame rate, looped, newest frames kept.
+        source: A :class:`~stream.capture.FrameSource` object to read instead of opening ``spec``
+            (which then only names it); given unopened, the pipeline opens and closes it.
     """
 
     spec: str
@@ -50,6 +52,7 @@ class SourceSpec:
     events: Path | None = None
     max_frames: int | None = None
     paced: bool = False
+    source: Any = field(default=None, compare=False, repr=False)
 
 
 def source_name(spec: str) -> str:

@@ -53,6 +53,36 @@ class Mux:
         self.active = set(range(len(self.queues)))
         self.ready = ready or threading.Event()
         self._next = 0
+        self._changes: queue.SimpleQueue[tuple[int, queue.Queue | None]] = queue.SimpleQueue()
+
+    def add(self, source_id: int, frames: queue.Queue) -> None:
+        """A source joins (from any thread; it takes effect at the next :meth:`take`).
+
+        ``source_id`` must be the next free one (the pipeline numbers its sources in order).
+        """
+        self._changes.put((source_id, frames))
+        self.ready.set()
+
+    def retire(self, source_id: int) -> None:
+        """A source leaves without its end marker (it was removed), from any thread."""
+        self._changes.put((source_id, None))
+        self.ready.set()
+
+    @property
+    def changing(self) -> bool:
+        """Whether added or retired sources wait to be taken into account."""
+        return not self._changes.empty()
+
+    def _apply_changes(self) -> None:
+        while not self._changes.empty():
+            source_id, frames = self._changes.get_nowait()
+            if frames is None:
+                self.active.discard(source_id)
+                continue
+            if source_id != len(self.queues):
+                raise ValueError(f"source {source_id} added out of order (next is {len(self.queues)})")
+            self.queues.append(frames)
+            self.active.add(source_id)
 
     def take(self, stop: threading.Event, wait_s: float | None = None) -> tuple[list[Frame], list[Marker]]:
         """Wait for at least one frame or marker, then fill a batch round robin.
@@ -70,7 +100,13 @@ class Mux:
         markers: list[Marker] = []
         deadline: float | None = None
         give_up = None if wait_s is None else time.monotonic() + wait_s
+        self._apply_changes()
+        if not self.active and not stop.is_set():
+            # Nothing to read (a pipeline kept open for sources added later): wait for one to join.
+            self.ready.wait(_POLL_S if wait_s is None else min(wait_s, _POLL_S))
+            self.ready.clear()
         while self.active and not stop.is_set():
+            self._apply_changes()
             self.ready.clear()  # before scanning: a put after the scan sets it again
             took = self._round(frames, markers)
             while took and len(frames) < self.batch_size:
@@ -184,12 +220,13 @@ class InferenceThread(Worker):
         detect_every: Detect faces on every k-th frame of a source; in between, the last
             boxes are classified again and tracked.
         ready: The producers' wake-up event (see :class:`Mux`).
+        keep_open: Keep running when every source has ended (sources are added later, :meth:`Mux.add`).
     """
 
     def __init__(self, frames: queue.Queue | Sequence[queue.Queue], detector: FaceDetector,
                  classifier: EmotionClassifier, tracker: IouTracker | Callable[[int], IouTracker | None] | None,
                  batch_size: int, results_size: int, stop: threading.Event, *, batch_timeout_s: float = 0.0,
-                 detect_every: int = 1, ready: threading.Event | None = None) -> None:
+                 detect_every: int = 1, ready: threading.Event | None = None, keep_open: bool = False) -> None:
         super().__init__("inference", results_size, stop)
         queues = [frames] if isinstance(frames, queue.Queue) else list(frames)
         self.mux = Mux(queues, batch_size, batch_timeout_s, ready)
@@ -197,6 +234,7 @@ class InferenceThread(Worker):
         self.classifier = classifier
         self.tracker = tracker
         self.detect_every = detect_every
+        self.keep_open = keep_open
         self.busy_s = 0.0
         self._last: dict[int, tuple[int, list[Detection] | int]] = {}
 
@@ -217,7 +255,7 @@ class InferenceThread(Worker):
             for marker in markers:
                 if not self.emit(marker):
                     return EndOfStream("stopped")
-            if not self.mux.active:
+            if not self.mux.active and not self.mux.changing and not self.keep_open:
                 return EndOfStream("eof")
         return EndOfStream("stopped")
 

@@ -1,0 +1,149 @@
+"""The engine driven from Python: a context manager you iterate, FrameSource objects as sources,
+sources added and removed while it runs (issue 16 item 2, issue 17 item 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.config import Config
+from stream.errors import ConfigError
+from stream.pipeline import Models, Pipeline, RunOptions, load_models
+from stream.records import FrameResult
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class SyntheticSource:
+    """Frames made here (a FrameSource by duck typing): ``n`` frames, or endless and paced when live."""
+
+    fps = 30.0
+    warning = ""
+
+    def __init__(self, name: str, n: int | None, *, live: bool = False) -> None:
+        self.name, self.n, self.live = name, n, live
+        self.size_wh = (160, 120)
+        self.frame_count = None if live else n
+        self.opened = self.closed = False
+        self._i = 0
+        self._stop = threading.Event()
+
+    def open(self) -> None:
+        self.opened = True
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        if (self.n is not None and self._i >= self.n) or self._stop.is_set():
+            return None
+        if self.live and self._stop.wait(1 / self.fps):
+            return None
+        self._i += 1
+        return np.full((120, 160, 3), self._i % 255, np.uint8), self._i / self.fps
+
+    def interrupt(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return load_models(Config())
+
+
+def _config(tmp_path: Path) -> Config:
+    return Config().with_overrides({"output.dir": tmp_path, "output.progress": False})
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_iterate_results_of_spec_strings_and_frame_source_objects(models: Models, clips: dict[str, Path],
+                                                                  tmp_path: Path) -> None:
+    synthetic = SyntheticSource("synthetic", 25)
+    seen: dict[int, list[int]] = {0: [], 1: []}
+    with Pipeline([str(clips["vga"]), synthetic], _config(tmp_path), models=models) as pipeline:
+        for result in pipeline:
+            assert isinstance(result, FrameResult)
+            seen[result.frame.source_id].append(result.frame.index)
+    assert seen[0] == list(range(120)) and seen[1] == list(range(25))  # capture order per source
+    assert synthetic.opened and synthetic.closed  # the pipeline opened and closed the object it was given
+    first, second = pipeline.summaries
+    assert (first.frames_processed, second.frames_processed) == (120, 25)
+    assert first.faces == 120 and second.faces == 0
+    assert len(_lines(tmp_path / "synthetic.events.jsonl")) == 25  # an object source gets outputs too
+
+
+def test_breaking_out_of_the_loop_finalises_the_outputs(models: Models, clips: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    with Pipeline([str(clips["vga"])], _config(tmp_path), models=models) as pipeline:
+        for result in pipeline:
+            if result.frame.index == 9:
+                break
+    assert len(_lines(tmp_path / "carphone_640x480.events.jsonl")) == 10
+    assert not [t for t in threading.enumerate() if t.name.startswith(("capture-", "inference"))]
+
+
+def test_sources_added_and_removed_while_running(models: Models, clips: dict[str, Path], tmp_path: Path) -> None:
+    camera = SyntheticSource("camera", None, live=True)
+    counts = {0: 0, 1: 0}
+    added: int | None = None
+    with Pipeline([camera], _config(tmp_path), RunOptions(max_seconds=60), models) as pipeline:
+        for result in pipeline:
+            counts[result.frame.source_id] += 1
+            if added is None and counts[0] == 5:
+                added = pipeline.add_source(str(clips["vga"]))  # from inside the loop: served at once
+            if added is not None and pipeline.summaries[added].frames_processed == 120 and not camera.closed:
+                pipeline.remove_source(0)  # the camera goes; nothing is left: the run ends
+    assert added == 1 and counts[1] == 120
+    camera_summary, file_summary = pipeline.summaries
+    assert camera_summary.warning == "removed" and camera_summary.error is None
+    assert camera.closed and file_summary.error is None
+    camera_log = _lines(tmp_path / "camera.events.jsonl")
+    assert [e["frame"] for e in camera_log] == list(range(len(camera_log))) and len(camera_log) >= 5
+    assert [e["frame"] for e in _lines(tmp_path / "carphone_640x480.events.jsonl")] == list(range(120))
+    with pytest.raises(ConfigError, match="closed"):
+        pipeline.add_source(str(clips["vga"]))
+
+
+def test_kept_open_pipeline_takes_sources_from_another_thread(models: Models, clips: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    stop = threading.Event()
+    pipeline = Pipeline([], _config(tmp_path), RunOptions(keep_open=True, interrupt=stop, max_seconds=120), models)
+    ids: list[int] = []
+    errors: list[BaseException] = []
+
+    def operator() -> None:
+        try:
+            ids.append(pipeline.add_source(str(clips["noface"])))
+            ids.append(pipeline.add_source(str(clips["vga"])))
+            with pytest.raises(ConfigError, match="no running source 7"):
+                pipeline.remove_source(7)
+        except BaseException as err:
+            errors.append(err)
+
+    got: list[int] = []
+    with pipeline:
+        threading.Thread(target=operator, daemon=True).start()
+        for result in pipeline:
+            got.append(result.frame.source_id)
+            if got.count(1) == 120 and got.count(0) == 40:
+                stop.set()  # every frame of both files is in: end the open pipeline
+    assert not errors and ids == [0, 1]
+    assert got.count(0) == 40 and got.count(1) == 120
+    assert [s.frames_processed for s in pipeline.summaries] == [40, 120]
+
+
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- python-api -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README has no Python API example"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(match.group(1), "README.md", "exec"), {})
+    assert (tmp_path / "out" / "carphone_640x480.events.jsonl").is_file()
