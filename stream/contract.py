@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -55,6 +57,12 @@ FER2013_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "
 Color = Literal["gray", "rgb", "bgr"]
 Layout = Literal["NHWC", "NCHW"]
 OutputKind = Literal["probabilities", "logits"]
+
+#: Extra heads: their names become keys of event-log faces and dataset columns.
+MAX_HEADS = 16
+_HEAD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_RESERVED_FIELDS = frozenset({"id", "box_xyxy", "score", "label", "probs", "keypoints_xy", "too_small", "source",
+                              "frame", "track_id", "t_s", "x1", "y1", "x2", "y2"})
 
 #: Bounds of a contract's labels: they are drawn on frames and printed in summaries.
 MAX_LABELS = 1000
@@ -130,6 +138,10 @@ class ModelContract:
             (test-time augmentation: more accurate, twice the classifier's cost).
         logit_bias: Optional, one number per label added to the logits after the
             temperature (:func:`calibrated`): a prior correction. None: no bias.
+        heads: More named outputs of the model besides the emotion probabilities (a regression
+            such as valence/arousal, or any vector): ``(output name, component names)`` pairs.
+            Each face then carries them (``Face.heads``), and the event log, the dataset and
+            the dashboard show them, under the head's name, with no code of their own.
     """
 
     labels: tuple[str, ...]
@@ -144,7 +156,56 @@ class ModelContract:
     temperature: float = 1.0
     flip_average: bool = False
     logit_bias: tuple[float, ...] | None = None
+    heads: tuple[tuple[str, tuple[str, ...]], ...] = ()
     version: int = field(default=1)
+
+    @classmethod
+    def from_onnx(cls, path: Path | str) -> ModelContract:
+        """The contract an ONNX classifier carries in its metadata (:data:`CONTRACT_KEY`).
+
+        Raises:
+            ModelError: The file is missing or not a model, or has no valid contract.
+        """
+        import onnxruntime as ort  # only when a model is read
+
+        if not Path(path).is_file():
+            raise ModelError(f"classifier model '{path}' could not be loaded: no such file")
+        try:
+            model_meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+        except Exception as err:  # ONNX Runtime raises its own types for a file that is not a model
+            raise ModelError(f"classifier model '{path}' could not be loaded: not an ONNX model "
+                             f"({printable(str(err).splitlines()[0][:200])})") from None
+        meta = model_meta.custom_metadata_map
+        if CONTRACT_KEY not in meta:
+            raise ModelError(f"classifier model '{path}' has no '{CONTRACT_KEY}' metadata: export it with "
+                             "'emostream export' so the stream knows its labels and input")
+        return cls.from_json(meta[CONTRACT_KEY], origin=f"classifier model '{path}'")
+
+    def preprocess(self, crops: np.ndarray, *, normalize: bool = True) -> np.ndarray:
+        """The model input for uint8 crops ``(N, H, W)`` (gray) or ``(N, H, W, 3)``: scaled and offset
+        (unless the graph normalises uint8 itself: ``normalize=False``), channel axis, layout,
+        mirror images appended with ``flip_average``. The one place this recipe is written."""
+        if normalize:
+            x = crops.astype(np.float32)
+            x *= self.normalize_scale
+            x += self.normalize_offset
+        else:
+            x = crops
+        if x.ndim == 3:
+            x = x[..., None]
+        if self.layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return self.with_mirrors(x)
+
+    def postprocess(self, raw: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, labels)`` from the model's raw emotion output for :meth:`preprocess`'s input:
+        mirror averaging, softmax of logits, temperature and bias, as this contract says."""
+        return self.probabilities(self.merge_mirrors(raw))
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The names of the extra outputs (:attr:`heads`), in order."""
+        return tuple(name for name, _ in self.heads)
 
     @property
     def channels(self) -> int:
@@ -184,6 +245,10 @@ class ModelContract:
             del data["logit_bias"]  # contracts without a bias stay as they were
         else:
             data["logit_bias"] = list(self.logit_bias)
+        if self.heads:
+            data["heads"] = [{"name": name, "labels": list(parts)} for name, parts in self.heads]
+        else:
+            del data["heads"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -216,6 +281,11 @@ class ModelContract:
                         isinstance(b, (int, float)) and not isinstance(b, bool) for b in bias):
                     raise ValueError(f"'logit_bias' must be a list of numbers, got {bias!r:.60}")
                 bias = tuple(float(b) for b in bias)
+            heads = data.get("heads", [])
+            if not isinstance(heads, list) or not all(
+                    isinstance(h, dict) and isinstance(h.get("name"), str) and isinstance(h.get("labels"), list)
+                    for h in heads):
+                raise ValueError(f"'heads' must be a list of {{name, labels}} objects, got {heads!r:.60}")
             contract = cls(
                 labels=labels,
                 input_size_wh=(size[0], size[1]) if len(size) == 2 else (0, 0),
@@ -229,6 +299,7 @@ class ModelContract:
                 temperature=float(data.get("temperature", 1.0)),
                 flip_average=data.get("flip_average", False),
                 logit_bias=bias,
+                heads=tuple((printable(h["name"]), tuple(printable(str(x)) for x in h["labels"])) for h in heads),
             )
         except KeyError as err:
             raise ModelError(f"{origin}: contract metadata is invalid: {err} is missing") from err
@@ -274,5 +345,13 @@ class ModelContract:
                            for b in self.logit_bias)):
             problems.append(f"logit_bias must be one finite number in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}] "
                             f"per label ({len(self.labels)}), got {list(self.logit_bias)!r:.200}")
+        names = [name for name, _ in self.heads]
+        if len(self.heads) > MAX_HEADS or len(set(names)) != len(names) or any(
+                not _HEAD_NAME.fullmatch(name) or name in _RESERVED_FIELDS or not 1 <= len(parts) <= MAX_LABELS
+                or len(set(parts)) != len(parts) or max(map(len, parts)) > MAX_LABEL_CHARS
+                for name, parts in self.heads):
+            problems.append(f"heads must be at most {MAX_HEADS} distinct names of letters, digits and _ (not "
+                            f"{', '.join(sorted(_RESERVED_FIELDS))}), each with 1+ distinct component names, got "
+                            f"{names!r:.200}")
         if problems:
             raise ModelError(f"{origin}: contract metadata is invalid: " + "; ".join(problems))

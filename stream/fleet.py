@@ -162,14 +162,14 @@ class FleetTap:
         pass
 
     def on_result(self, result: Any, summary: RunSummary) -> None:
-        from stream.render.record import event_record
+        from stream.render.record import frame_event
 
         i = summary.source_id
         index = self.frame_index(i, result.frame.index)
         if index is None:
             self.replayed[i] += 1
             return
-        record = event_record(result, self.labels, uncertain_below=self.uncertain_below)
+        record = dict(frame_event(result, self.labels, uncertain_below=self.uncertain_below))  # shared: a copy
         record["source_id"] = self.ids[i]
         record["frame"] = index
         record["_wall"] = time.time()  # for fps and the outage's length; the driver drops it

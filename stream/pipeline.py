@@ -380,7 +380,8 @@ class Pipeline:
         summary = RunSummary(source=source.name, source_id=source_id, name=spec.name)
         sink = SourceSinks(source, summary, self.models.classifier.labels, writer, events,
                            bars=config.output.probability_bars, fps_overlay=config.output.fps_overlay,
-                           uncertain_below=config.classifier.uncertain_below)
+                           uncertain_below=config.classifier.uncertain_below,
+                           heads=self.models.classifier.contract.heads)
         stop = threading.Event()
         size = config.capture.live_buffer if source.live else config.capture.queue_size
         capture = CaptureThread(source, size, stop, spec.max_frames or self.options.max_frames, source_id=source_id,

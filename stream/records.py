@@ -9,6 +9,7 @@ recorder. Units are in the names: ``box_xyxy`` is in source-frame pixels,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,8 @@ class Face:
             mouth, right ear, left ear) in source-frame pixels, ``(6, 2)``; empty if unknown.
         too_small: The box is shorter than ``classifier.min_face_px``: labelled ``too_small``
             (:func:`stream.labels.face_label`), its probabilities are a guess.
+        heads: The classifier's extra outputs by name (``ModelContract.heads``), e.g.
+            ``{"valence_arousal": array([v, a])}``; empty for a model without any.
     """
 
     box_xyxy: np.ndarray
@@ -62,6 +65,7 @@ class Face:
     id: int = -1
     keypoints_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     too_small: bool = False
+    heads: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -72,11 +76,14 @@ class FrameResult:
         frame: The source frame.
         faces: Faces found, with probabilities and track ids.
         t_done_s: ``time.perf_counter()`` when inference finished.
+        event: Its event record, built once by the first output that needs it and shared by
+            all (:func:`stream.render.record.frame_event`); None until then.
     """
 
     frame: Frame
     faces: list[Face]
     t_done_s: float = 0.0
+    event: dict[str, Any] | None = None
 
     @property
     def latency_ms(self) -> float:

@@ -41,12 +41,22 @@ def require_pyarrow() -> Any:
     return pyarrow
 
 
-def _faces_schema(labels: Sequence[str]) -> Any:
+#: The classifier's extra heads (``ModelContract.heads``): ``[name, [component, ...]]`` pairs.
+Heads = Sequence[Sequence[Any]]
+
+
+def _head_columns(heads: Heads) -> list[tuple[str, str, str]]:
+    """``(column, head, component)`` per value of every extra head: column ``<head>_<component>``."""
+    return [(f"{name}_{part}", name, part) for name, parts in heads for part in parts]
+
+
+def _faces_schema(labels: Sequence[str], heads: Heads = ()) -> Any:
     pa = require_pyarrow()
     return pa.schema([("source", pa.string()), ("frame", pa.int32()), ("t_s", pa.float64()),
                       ("track_id", pa.int32()), ("x1", pa.float64()), ("y1", pa.float64()),
                       ("x2", pa.float64()), ("y2", pa.float64()), ("score", pa.float64()),
-                      ("label", pa.string())] + [(f"prob_{label}", pa.float64()) for label in labels])
+                      ("label", pa.string())] + [(f"prob_{label}", pa.float64()) for label in labels]
+                     + [(column, pa.float64()) for column, _, _ in _head_columns(heads)])
 
 
 class InputTables:
@@ -74,7 +84,7 @@ def _shares(counts: Counter, names: Sequence[str]) -> dict[str, float]:
 
 
 def input_tables(events: Path, source: str, labels: Sequence[str], share_labels: Sequence[str],
-                 *, image: bool) -> InputTables:
+                 *, heads: Heads = (), image: bool) -> InputTables:
     """Read one finished event log into table rows.
 
     Args:
@@ -83,11 +93,13 @@ def input_tables(events: Path, source: str, labels: Sequence[str], share_labels:
         labels: The classifier's labels (one ``prob_`` column each).
         share_labels: Labels that get a ``share_`` column (``labels`` plus ``uncertain`` when used).
         image: A still image (duration 0).
+        heads: The classifier's extra heads: a ``<head>_<component>`` column per value.
 
     Raises:
         OutputError: The log cannot be read or holds a line that is not an event record.
     """
-    cols: dict[str, list] = {name: [] for name in _faces_schema(labels).names}
+    cols: dict[str, list] = {name: [] for name in _faces_schema(labels, heads).names}
+    head_columns = _head_columns(heads)
     frames = 0
     ts: list[float] = []
     with_faces = 0
@@ -115,6 +127,8 @@ def input_tables(events: Path, source: str, labels: Sequence[str], share_labels:
                     cols["label"].append(face["label"])
                     for label in labels:
                         cols[f"prob_{label}"].append(face["probs"].get(label))
+                    for column, head, part in head_columns:
+                        cols[column].append((face.get(head) or {}).get(part))
                     per_track.setdefault(int(face["id"]), []).append((t, face["label"]))
     except OSError as err:
         raise OutputError(f"event log '{events}' could not be read: {err.strerror or err}") from err
@@ -149,7 +163,8 @@ def _track_schema(share_labels: Sequence[str]) -> Any:
                      + [(f"share_{n}", pa.float64()) for n in share_labels])
 
 
-def write_part(tables: InputTables, labels: Sequence[str], share_labels: Sequence[str], part: Path) -> None:
+def write_part(tables: InputTables, labels: Sequence[str], share_labels: Sequence[str], part: Path, *,
+               heads: Heads = ()) -> None:
     """Write one input's faces and tracks as Parquet part files (``PART.faces.parquet``, ``PART.tracks.parquet``).
 
     Written under a temporary name and renamed, so a part file is always whole.
@@ -157,7 +172,7 @@ def write_part(tables: InputTables, labels: Sequence[str], share_labels: Sequenc
     pa = require_pyarrow()
     import pyarrow.parquet as pq
 
-    for kind, table in ((FACES, pa.Table.from_pydict(tables.faces, schema=_faces_schema(labels))),
+    for kind, table in ((FACES, pa.Table.from_pydict(tables.faces, schema=_faces_schema(labels, heads))),
                         (TRACKS, pa.Table.from_pylist(tables.tracks, schema=_track_schema(share_labels)))):
         with OutputGroup() as out:
             target = out.add(part.with_name(f"{part.name}.{kind}.parquet"), "dataset part")
@@ -182,7 +197,7 @@ def part_files(part: Path) -> tuple[Path, Path]:
 
 
 def combine(parts: Iterable[Path], videos: list[dict[str, Any]], labels: Sequence[str],
-            share_labels: Sequence[str], out_dir: Path, *, csv: bool) -> dict[str, Path | int]:
+            share_labels: Sequence[str], out_dir: Path, *, csv: bool, heads: Heads = ()) -> dict[str, Path | int]:
     """Write ``faces``, ``videos`` and ``tracks`` (Parquet, and CSV when asked) from the finished parts.
 
     Streams part by part (memory holds one input's rows). Each table is written under a
@@ -197,7 +212,7 @@ def combine(parts: Iterable[Path], videos: list[dict[str, Any]], labels: Sequenc
 
     parts = list(parts)
     written: dict[str, Path | int] = {}
-    schemas = {FACES: _faces_schema(labels), TRACKS: _track_schema(share_labels)}
+    schemas = {FACES: _faces_schema(labels, heads), TRACKS: _track_schema(share_labels)}
     with OutputGroup() as out:
         # All tables published together at the end: an interrupted or failed combine leaves the
         # earlier dataset as it was.

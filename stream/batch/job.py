@@ -85,6 +85,7 @@ class Outcome:
     outputs: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     share_labels: list[str] = field(default_factory=list)
+    heads: list[list[Any]] = field(default_factory=list)
 
 
 def fingerprint(path: str) -> tuple[int, int] | None:
@@ -163,7 +164,8 @@ class JobFolder:
         marker = {"input": item.path, "rel": item.rel, "fingerprint": list(print_ or []), "video": video,
                   "frames": outcome.frames, "faces": outcome.faces, "warning": outcome.warning,
                   "video_row": outcome.video_row, "outputs": outcome.outputs, "labels": outcome.labels,
-                  "share_labels": outcome.share_labels, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "share_labels": outcome.share_labels, "heads": outcome.heads,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "output_prints": {p: list(f) for p in outcome.outputs if (f := fingerprint(p)) is not None}}
         write_output(self._marker(item), json.dumps(marker), "done-marker")
 
@@ -205,6 +207,7 @@ def process_group(items: Sequence[InputFile], out_dir: Path, config: Config, mod
 
     labels = list(models.classifier.labels)
     share_labels = labels + (["uncertain"] if config.classifier.uncertain_below > 0 else [])
+    heads = [[name, list(parts)] for name, parts in models.classifier.contract.heads]  # more columns
     images, specs = [], []
     for i, item in enumerate(items):
         image = is_image_file(Path(item.path))
@@ -239,15 +242,15 @@ def process_group(items: Sequence[InputFile], out_dir: Path, config: Config, mod
             outcomes.append(Outcome(status=FAILED, reason=f"source '{item.path}': no frame was processed", **common))
             continue
         try:
-            tables = input_tables(spec.events, item.rel, labels, share_labels, image=image)
+            tables = input_tables(spec.events, item.rel, labels, share_labels, image=image, heads=heads)
             write_part_to = Path(out_dir) / ".job" / "parts" / item.key
-            write_part(tables, labels, share_labels, write_part_to)
+            write_part(tables, labels, share_labels, write_part_to, heads=heads)
         except OutputError as err:
             outcomes.append(Outcome(status=FAILED, reason=str(err), **common))
             continue
         outcomes.append(Outcome(status=DONE, warning=summary.warning, video_row=tables.video,
                                 outputs=[str(p) for p in summary.outputs], labels=labels,
-                                share_labels=share_labels, **common))
+                                share_labels=share_labels, heads=heads, **common))
     return outcomes
 
 
@@ -380,7 +383,7 @@ def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, option
         if finished:
             labels, share_labels = finished[0][1]["labels"], finished[0][1]["share_labels"]
             written = combine([job.part(item) for item, _ in finished], [m["video_row"] for _, m in finished],
-                              labels, share_labels, out_dir, csv=options.csv)
+                              labels, share_labels, out_dir, csv=options.csv, heads=finished[0][1].get("heads", []))
             report.dataset = {k: str(v) if isinstance(v, Path) else v for k, v in written.items()}
         else:
             report.notes.append("no input finished: no dataset written")

@@ -65,10 +65,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     for warning in warnings:
         say(f"emostream: warning: {warning}")
     interrupt.install()
-    ray_runner = None
-    if options.ray is not None:
-        from stream.batch.ray_workers import run_on_ray as ray_runner
-    report = run_batch(inputs, args.out, config, options, ray_runner=ray_runner)
+    from stream.batch.ray_workers import run_on_ray  # ray itself is imported only when it runs
+
+    report = run_batch(inputs, args.out, config, options, ray_runner=run_on_ray if options.ray is not None else None)
     for line in report.lines():
         say(line)
     if report.was_interrupted:

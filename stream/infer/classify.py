@@ -144,9 +144,17 @@ class EmotionClassifier:
                 f"classifier model '{name}' is incompatible: output shape {out_shape} does not match "
                 f"{len(self.labels)} labels"
             )
+        by_name = {o.name: o for o in outputs}
+        for head, parts in contract.heads:
+            head_shape = by_name[head].shape if head in by_name else None
+            if head_shape is None or len(head_shape) != 2 or (
+                    isinstance(head_shape[1], int) and head_shape[1] != len(parts)):
+                raise ModelError(f"classifier model '{name}' is incompatible: its contract's head '{head}' "
+                                 f"({len(parts)} values) is not an output of shape (batch, {len(parts)})")
         self.input_name = inputs[0].name
         self.uint8_input = inputs[0].type == "tensor(uint8)"
         self.output_name = outputs[0].name
+        self._outputs = [self.output_name, *contract.head_names]
 
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0, *,
@@ -180,19 +188,20 @@ class EmotionClassifier:
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
         """Probabilities (N, labels) for uint8 crops (N, H, W) or (N, H, W, 3), one model call."""
+        return self.predict(crops)[0]
+
+    def predict(self, crops: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Probabilities (N, labels) and each extra head's values (N, components), one model call.
+
+        The contract turns crops into input and output into probabilities
+        (:meth:`ModelContract.preprocess`, :meth:`ModelContract.postprocess`).
+        """
+        contract = self.contract
         if crops.shape[0] == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
-        if self.uint8_input:
-            x = crops
-        else:
-            x = crops.astype(np.float32)
-            x *= self.contract.normalize_scale
-            x += self.contract.normalize_offset
-        if x.ndim == 3:
-            x = x[..., None]
-        if self.contract.layout == "NCHW":
-            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        x = self.contract.with_mirrors(x)
-        out = self.buckets.run(lambda b: self.session.run([self.output_name], {self.input_name: b}), x)[0]
-        # Mirror averaging, softmax of logits and the calibration temperature, as the contract says.
-        return self.contract.probabilities(self.contract.merge_mirrors(out))
+            return (np.zeros((0, len(self.labels)), np.float32),
+                    {name: np.zeros((0, len(parts)), np.float32) for name, parts in contract.heads})
+        x = contract.preprocess(crops, normalize=not self.uint8_input)
+        outs = self.buckets.run(lambda b: self.session.run(self._outputs, {self.input_name: b}), x)
+        heads = {name: contract.merge_mirrors(np.asarray(out, np.float32))
+                 for name, out in zip(contract.head_names, outs[1:], strict=True)}
+        return contract.postprocess(outs[0]), heads

@@ -190,12 +190,13 @@ def infer_batch(frames: list[Frame], detector: FaceDetector, classifier: Emotion
     for frame, dets in zip(frames, found, strict=True):
         rolls = [eye_roll_deg(d.keypoints_xy) for d in dets] if classifier.align == "eyes" else None
         crops.extend(crop_faces(frame.image_bgr, [d.box_xyxy for d in dets], classifier.contract, rolls))
-    probs = classifier.classify(np.stack(crops)) if crops else np.zeros((0, len(classifier.labels)), np.float32)
+    probs, heads = classifier.predict(np.stack(crops) if crops else np.zeros((0, 1, 1), np.uint8))
     results = []
     k = 0
     for frame, dets in zip(frames, found, strict=True):
         faces = [Face(det.box_xyxy, det.score, probs[k + i], keypoints_xy=det.keypoints_xy,
-                      too_small=bool(det.box_xyxy[3] - det.box_xyxy[1] < classifier.min_face_px))
+                      too_small=bool(det.box_xyxy[3] - det.box_xyxy[1] < classifier.min_face_px),
+                      heads={name: values[k + i] for name, values in heads.items()})
                  for i, det in enumerate(dets)]
         k += len(dets)
         track = tracker(frame.source_id) if callable(tracker) else tracker

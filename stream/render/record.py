@@ -33,7 +33,7 @@ from stream.labels import face_label
 from stream.records import FrameResult
 from stream.render.outputs import OutputFile
 
-__all__ = ["PYAV_CODECS", "EventLog", "ImageWriter", "VideoRecorder", "check_writable", "event_record"]
+__all__ = ["PYAV_CODECS", "EventLog", "ImageWriter", "VideoRecorder", "check_writable", "event_record", "frame_event"]
 
 log = logging.getLogger(__name__)
 
@@ -353,13 +353,16 @@ class ImageWriter:
             self.abort()
 
 
-def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below: float = 0.0) -> dict:
+def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below: float = 0.0,
+                 heads: Sequence[tuple[str, Sequence[str]]] = ()) -> dict:
     """The event-log line of one frame (boxes in source pixels).
 
     A face's ``label`` is :func:`stream.labels.face_label`'s: ``uncertain`` when its
     top probability is below ``uncertain_below``, ``too_small`` for a face too small to
-    classify; its ``probs`` are always all there.
+    classify; its ``probs`` are always all there. Each extra head of the classifier
+    (``heads``: the contract's) is a key of its own: ``"valence_arousal": {"valence": 0.2, ...}``.
     """
+    head_parts = dict(heads)
     faces = []
     for face in result.faces:
         faces.append({
@@ -370,6 +373,8 @@ def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below:
             "probs": {label: round(float(p), 4) for label, p in zip(labels, face.probs, strict=True)},
             "keypoints_xy": [[round(float(x), 1), round(float(y), 1)] for x, y in face.keypoints_xy],
         })
+        for name, values in face.heads.items():  # the classifier's extra heads, by the contract's names
+            faces[-1][name] = {part: round(float(v), 4) for part, v in zip(head_parts[name], values, strict=True)}
     return {
         "source": result.frame.source,
         "source_id": result.frame.source_id,
@@ -378,6 +383,16 @@ def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below:
         "latency_ms": round(result.latency_ms, 2),
         "faces": faces,
     }
+
+
+def frame_event(result: FrameResult, labels: Sequence[str], *, uncertain_below: float = 0.0,
+                heads: Sequence[tuple[str, Sequence[str]]] = ()) -> dict:
+    """The event record of ``result`` (:func:`event_record`), built once per frame and shared by every
+    output that shows it (the event log, the dashboard, MQTT, a fleet's driver): the first call
+    builds it and keeps it in ``result.event``, the others get the same dict."""
+    if result.event is None:
+        result.event = event_record(result, labels, uncertain_below=uncertain_below, heads=heads)
+    return result.event
 
 
 class EventLog:

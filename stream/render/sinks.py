@@ -11,7 +11,7 @@ from stream.capture import FrameSource, ImageSource
 from stream.labels import face_label
 from stream.records import FrameResult
 from stream.render.draw import annotate
-from stream.render.record import EventLog, ImageWriter, VideoRecorder, event_record
+from stream.render.record import EventLog, ImageWriter, VideoRecorder, frame_event
 from stream.summary import RunSummary
 
 __all__ = ["SourceSinks"]
@@ -46,11 +46,13 @@ class SourceSinks:
         bars: Draw per-class probability bars.
         fps_overlay: Draw frames/s and latency on the frame (never on a still image).
         uncertain_below: Faces whose top probability is below this are labelled ``uncertain``.
+        heads: The classifier's extra heads (``ModelContract.heads``), written into each face's record.
     """
 
     def __init__(self, source: FrameSource, summary: RunSummary, labels: Sequence[str],
                  writer: VideoRecorder | ImageWriter | None, events: EventLog | None, *,
-                 bars: bool = True, fps_overlay: bool = True, uncertain_below: float = 0.0) -> None:
+                 bars: bool = True, fps_overlay: bool = True, uncertain_below: float = 0.0,
+                 heads: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
         self.summary = summary
         self.labels = tuple(labels)
         self.writer = writer
@@ -58,6 +60,7 @@ class SourceSinks:
         self.bars = bars
         self.fps_overlay = fps_overlay
         self.uncertain_below = uncertain_below
+        self.heads = tuple(heads)
         self.still = isinstance(source, ImageSource)  # no frame rate on a still image
         self.closed = False
         self.last_image: np.ndarray | None = None
@@ -77,11 +80,11 @@ class SourceSinks:
             self.last_image = result.frame.image_bgr
         if self.writer is not None:
             self.writer.write(result.frame.image_bgr)
+        record = frame_event(result, self.labels, uncertain_below=self.uncertain_below, heads=self.heads)
+        gap_s = self._gaps.ended_before(result.frame.t_media_s)
+        if gap_s:
+            record["gap_s"] = round(gap_s, 3)  # the source was down this long before this frame
         if self.events is not None:
-            record = event_record(result, self.labels, uncertain_below=self.uncertain_below)
-            gap_s = self._gaps.ended_before(result.frame.t_media_s)
-            if gap_s:
-                record["gap_s"] = round(gap_s, 3)  # the source was down this long before this frame
             self.events.write_record(record)
         s = self.summary
         s.frames_processed += 1

@@ -23,7 +23,7 @@ import numpy as np
 
 from stream.records import FrameResult
 from stream.redact import redact_url
-from stream.render.record import event_record
+from stream.render.record import frame_event
 from stream.summary import RunSummary
 
 __all__ = ["Dashboard", "SourceState"]
@@ -87,7 +87,7 @@ class Dashboard:
 
     def on_result(self, result: FrameResult, summary: RunSummary) -> None:
         state = self.sources[summary.source_id]
-        record = event_record(result, self.labels, uncertain_below=self.uncertain_below)
+        record = dict(frame_event(result, self.labels, uncertain_below=self.uncertain_below))  # shared: add to a copy
         now = time.monotonic()
         with self._lock:
             self.seq += 1

@@ -55,7 +55,7 @@ from stream.errors import ConfigError
 from stream.labels import face_label
 from stream.records import FrameResult
 from stream.redact import redact_url
-from stream.render.record import event_record
+from stream.render.record import frame_event
 from stream.sinks.health import SourceHealth
 from stream.summary import RunSummary
 
@@ -359,7 +359,7 @@ class MqttPublisher:
         return "/".join([self.prefix, src.health.name, *map(str, levels)])
 
     def _publish_faces(self, src: _Source, result: FrameResult) -> None:
-        record = event_record(result, self.labels, uncertain_below=self.uncertain_below)
+        record = dict(frame_event(result, self.labels, uncertain_below=self.uncertain_below))  # shared: add to a copy
         labels = Counter(f["label"] for f in record["faces"])
         record["count"] = len(record["faces"])
         record["dominant"] = labels.most_common(1)[0][0] if labels else None
