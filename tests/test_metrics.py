@@ -92,7 +92,7 @@ def test_metrics_of_a_running_serve(served: tuple[subprocess.Popen, int, Path]) 
     assert first["emostream_frames_dropped_total"][src] >= 0
     assert first["emostream_source_up"][src] == 1.0
     states = {dict(k)["state"]: v for k, v in first["emostream_source_state"].items()}
-    assert states == {"starting": 0.0, "up": 1.0, "down": 0.0, "ended": 0.0, "failed": 0.0}
+    assert states == {"starting": 0.0, "up": 1.0, "down": 0.0, "ended": 0.0, "failed": 0.0, "removed": 0.0}
     assert first["emostream_source_reconnects_total"][src] == 0.0
     assert 10 < first["emostream_source_fps"][src] < 45
     buckets = {dict(k)["le"]: v for k, v in first["emostream_frame_latency_seconds_bucket"].items()}

@@ -23,10 +23,11 @@ from stream.contract import printable
 from stream.errors import StreamError
 
 if TYPE_CHECKING:
+    from stream.control import SourceControl
     from stream.summary import RunSummary
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "ArgumentParser", "Interrupt", "batch_size",
-           "episodes_and_report", "model_flags", "model_overrides", "positive_float", "positive_int",
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "ArgumentParser", "Interrupt", "SighupReload",
+           "batch_size", "episodes_and_report", "model_flags", "model_overrides", "positive_float", "positive_int",
            "print_summaries", "say"]
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
@@ -79,6 +80,52 @@ class Interrupt:
         if self.event.is_set():
             raise KeyboardInterrupt
         self.event.set()
+
+
+class SighupReload:
+    """While in its ``with`` block, SIGHUP re-reads the sources file (:meth:`SourceControl.reload`).
+
+    The handler only sets an event: the reload runs on a thread of its own, since it waits for
+    the pipeline's consuming thread (the main thread in ``run``). Each reload prints one line;
+    a bad file one warning line (the control's), and nothing changes.
+    """
+
+    def __init__(self, control: SourceControl) -> None:
+        self.control = control
+        self._hup = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="emostream-sighup", daemon=True)
+        self._previous: Any = None
+
+    def __enter__(self) -> SighupReload:
+        self._previous = signal.signal(signal.SIGHUP, self._on_signal)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGHUP, self._previous if self._previous is not None else signal.SIG_DFL)
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._hup.set()
+
+    def _run(self) -> None:
+        from stream.control import ReloadError
+
+        while not self._stop.is_set():
+            if not self._hup.wait(0.2):
+                continue
+            self._hup.clear()
+            try:
+                result = self.control.reload()
+            except ReloadError:
+                continue  # the control logged its one warning line
+            except StreamError as err:
+                say(f"emostream: warning: sources file not reloaded: {err}")
+                continue
+            assert self.control.sources_file is not None
+            say(result.line(self.control.sources_file))
 
 
 def model_flags(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from stream.commands.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     Interrupt,
+    SighupReload,
     batch_size,
     model_flags,
     model_overrides,
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "one batched pipeline; default: the bundled sample")
     run.add_argument("--sources", type=Path, metavar="FILE.yaml",
                      help="sources file: a list of paths/URLs, or mappings with name, source, output, events, "
-                          "max_frames")
+                          "max_frames, paced; re-read on SIGHUP (sources added and removed by name)")
     run.add_argument("--out-dir", type=Path, metavar="DIR", help="folder of the default outputs (output.dir)")
     run.add_argument("--output", type=Path,
                      help="annotated video (.mp4) or image; default: <output.dir>/<name>.annotated.*")
@@ -91,18 +93,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if config.mqtt.url:
             raise ConfigError("--mqtt (mqtt.url) does not work with --ray yet: run without one of them")
         return _run_fleet(args, config, specs, options)
-    models, observers = None, []
+    models, publishers = None, []
     if config.mqtt.url:
         from stream.pipeline import load_models
         from stream.sinks.mqtt import MqttPublisher
 
         models = load_models(config)
-        observers.append(MqttPublisher.from_config(config, models.classifier.labels).start())
+        publishers.append(MqttPublisher.from_config(config, models.classifier.labels).start())
     try:
-        summaries = Pipeline(specs, config, options, models, observers=observers).run()
+        if args.sources is None:
+            summaries = Pipeline(specs, config, options, models, observers=publishers).run()
+        else:  # SIGHUP re-reads the sources file
+            from stream.control import SourceControl, file_keys
+
+            control = SourceControl(args.sources)
+            pipeline = Pipeline(specs, config, options, models, observers=[*publishers, control])
+            control.attach(pipeline, file_keys(specs[len(args.source):], len(args.source)))
+            with SighupReload(control):
+                summaries = pipeline.run()
     finally:
-        for observer in observers:
-            observer.close()
+        for publisher in publishers:
+            publisher.close()
     if len(summaries) == 1 and summaries[0].error is not None:
         raise summaries[0].error  # one source: its failure is the run's one error line
     failed = print_summaries(summaries, config, report=args.report)
@@ -146,6 +157,9 @@ def _run_fleet(args: argparse.Namespace, config: Config, specs: list[SourceSpec]
         for line in lines:
             say(f"health: {line}")
 
+    if args.sources is not None:  # SIGHUP would end the driver: say instead that a fleet does not reload
+        signal.signal(signal.SIGHUP, lambda signum, frame: say(
+            "emostream: warning: sources file not reloaded: --ray fleets do not reload their sources yet"))
     result = run_fleet(specs, config, options, on_health=health)
     restarts = dict(zip((s.source_id for s in result.summaries), result.restarts, strict=True))
 

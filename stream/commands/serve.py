@@ -4,6 +4,10 @@ The pipeline runs in a background thread with a :class:`~stream.serve.state.Dash
 observer; uvicorn serves the app on the main thread (it owns SIGINT/SIGTERM while it
 runs). Ctrl-C or SIGTERM: uvicorn stops, its open streams end, then the pipeline is
 interrupted and finalises its outputs as ``emostream run`` does (exit 130).
+
+The pipeline is kept open: sources are added and removed while it runs (the API and the
+page's buttons, :class:`~stream.control.SourceControl`), and removing every source does not
+end the server. SIGHUP (and the page's reload) re-reads the ``--sources`` file.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from stream.commands.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     Interrupt,
+    SighupReload,
     model_flags,
     model_overrides,
     print_summaries,
@@ -34,6 +39,7 @@ from stream.serve.hosts import is_loopback
 
 if TYPE_CHECKING:
     from stream.capture.spec import SourceSpec
+    from stream.control import SourceControl
     from stream.serve.metrics import PipelineMetrics
     from stream.serve.state import Dashboard
     from stream.summary import RunSummary
@@ -53,13 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve", help="live web dashboard: annotated streams, per-person emotion chart, health, events",
         description="Run the pipeline on live sources and serve a dashboard: the annotated stream of each "
                     "source (MJPEG), a live per-person emotion chart, each source's health, events as "
-                    "Server-Sent Events and a JSON API (/api/sources, /api/sources/ID/status, /api/events). "
+                    "Server-Sent Events and a JSON API (/api/sources, /api/sources/ID/status, /api/events); "
+                    "sources are added (POST /api/sources) and removed (DELETE /api/sources/ID) while it runs, "
+                    "and a --sources file is re-read on SIGHUP or POST /api/sources/reload. "
                     f"Bound to anything but loopback it needs a token: ${TOKEN_ENV}, or one generated and printed "
                     "at start. Outputs are written as by 'emostream run'; Ctrl-C finalises them (exit 130).")
     p.add_argument("source", nargs="*", default=[],
                    help="webcam indexes, stream URLs or video files (played as live cameras, looped); "
                         "default: the bundled sample clip")
-    p.add_argument("--sources", type=Path, metavar="FILE.yaml", help="sources file (as for 'emostream run')")
+    p.add_argument("--sources", type=Path, metavar="FILE.yaml",
+                   help="sources file (as for 'emostream run'); re-read on SIGHUP and by the page's reload button")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
     p.add_argument("--no-pace", action="store_true",
@@ -81,9 +90,11 @@ def _port(text: str) -> int:
 class _PipelineThread(threading.Thread):
     """The pipeline, off the main thread (uvicorn owns it): its dashboard, then its summaries or its error."""
 
-    def __init__(self, specs: list[SourceSpec], config: Config, interrupt: threading.Event) -> None:
+    def __init__(self, specs: list[SourceSpec], config: Config, interrupt: threading.Event,
+                 control: SourceControl, file_keys: dict[int, str]) -> None:
         super().__init__(name="emostream-pipeline", daemon=True)
         self.specs, self.config, self.interrupt = specs, config, interrupt
+        self.control, self.file_keys = control, file_keys  # sources added and removed while it runs
         self.dashboard: Dashboard | None = None
         self.metrics: PipelineMetrics | None = None  # GET /metrics
         self.summaries: list[RunSummary] = []
@@ -101,17 +112,21 @@ class _PipelineThread(threading.Thread):
             labels, uncertain_below = models.classifier.labels, self.config.classifier.uncertain_below
             self.metrics = PipelineMetrics(labels, uncertain_below=uncertain_below)
             self.dashboard = Dashboard(labels, [s.name for s in self.specs], uncertain_below=uncertain_below)
-            observers: list[Any] = [self.dashboard, self.metrics]
+            observers: list[Any] = [self.dashboard, self.metrics, self.control]
             if self.config.mqtt.url:
                 from stream.sinks.mqtt import MqttPublisher
 
                 mqtt = MqttPublisher.from_config(self.config, labels).start()
                 observers.append(mqtt)
-            options = RunOptions(display=False, interrupt=self.interrupt)
-            self.summaries = Pipeline(self.specs, self.config, options, models, observers=observers).run()
+            # Kept open: removing every source does not end the server; sources can be added again.
+            options = RunOptions(display=False, interrupt=self.interrupt, keep_open=True)
+            pipeline = Pipeline(self.specs, self.config, options, models, observers=observers)
+            self.control.attach(pipeline, self.file_keys)
+            self.summaries = pipeline.run()
         except BaseException as err:
             self.error = err
         finally:
+            self.control.close()
             if mqtt is not None:
                 mqtt.close()
             self.started.set()
@@ -144,9 +159,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     token_from_env = token is not None
     if token is None and not is_loopback(args.host):
         token = secrets.token_urlsafe(24)
+    from stream.control import SourceControl, file_keys
+
+    control = SourceControl(args.sources, paced=not args.no_pace)
+    keys = file_keys(specs[len(args.source):], len(args.source)) if args.sources is not None else {}
     sock = listen(args.host, args.port)
     try:
-        pipeline = _PipelineThread(specs, config, interrupt.event)
+        pipeline = _PipelineThread(specs, config, interrupt.event, control, keys)
         pipeline.start()
         pipeline.wait_started()
         if pipeline.error is not None:
@@ -160,7 +179,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tap = WarningTap(dashboard.note_log)
         logging.getLogger("stream").addHandler(tap)
         closing = threading.Event()
-        server = DashboardServer(build_app(dashboard, token=token, closing=closing, metrics=pipeline.metrics), closing)
+        server = DashboardServer(build_app(dashboard, token=token, closing=closing, metrics=pipeline.metrics,
+                                           control=control), closing)
 
         def watch() -> None:  # the inference stage failed: stop serving, report it
             pipeline.join()
@@ -178,7 +198,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         elif token is not None:
             say(f"emostream serve: token from ${TOKEN_ENV}: open {url}?token=...")
         try:
-            server.run(sockets=[sock])
+            with SighupReload(control):
+                server.run(sockets=[sock])
         finally:
             closing.set()
             interrupt.event.set()  # uvicorn ended (Ctrl-C, SIGTERM or a failure): finalise the outputs

@@ -8,11 +8,21 @@
     GET /api/events[?since=SEQ&source=ID&limit=N]   recent per-frame events (the event-log records + seq)
     GET /api/events/stream[?since=SEQ]              the same as Server-Sent Events, plus health every second
     GET /metrics                     Prometheus metrics (:mod:`stream.serve.metrics`)
+    POST /api/sources                {"source": ..., "name": ..., "paced": ...}: add a source (201, its id and name)
+    DELETE /api/sources/{id}         remove a source: its outputs are finalised (200)
+    POST /api/sources/reload         re-read the --sources file: add and remove sources by name (200)
+
+Changes answer one line of JSON on failure: 400 bad input (a missing file, a bad URL, a
+bad body or a bad sources file: nothing changed), 404 no such source, 409 the source has
+ended already, a running source has that name, or there is no sources file to reload.
 
 With a token, every request needs ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``
 (an ``<img>`` or an ``EventSource`` cannot send headers). Without one (bound to
 loopback) the ``Host`` header must name a loopback host, so a web page on another
 origin cannot reach the dashboard through DNS rebinding.
+A change (``POST``, ``DELETE``) sent by a browser from another origin is refused
+(its ``Origin`` must match ``Host``), and ``POST /api/sources`` takes only
+``application/json``, which another site's page cannot send without asking first.
 
 Each stream client takes the newest frame when it is ready for one: a slow client
 skips frames, it never makes them queue, and the pipeline never waits for it.
@@ -26,7 +36,7 @@ import json
 import threading
 from collections.abc import AsyncIterator
 from importlib import resources
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from anyio import to_thread
 from starlette.applications import Starlette
@@ -35,11 +45,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stream.control import NameInUse, NoSourcesFile, NotRunning, SourceControl, UnknownSource, spec_from_json
+from stream.errors import StreamError
 from stream.serve.hosts import is_loopback
 from stream.serve.metrics import PipelineMetrics, metrics_endpoint
 from stream.serve.state import Dashboard
 
-__all__ = ["DEFAULT_STREAM_FPS", "MAX_SEQ", "MAX_STREAM_FPS", "build_app"]
+__all__ = ["DEFAULT_STREAM_FPS", "MAX_BODY_BYTES", "MAX_SEQ", "MAX_STREAM_FPS", "build_app"]
 
 #: Frames per second an MJPEG client gets unless it asks (``?fps=``) for more, up to MAX_STREAM_FPS.
 DEFAULT_STREAM_FPS = 10.0
@@ -48,6 +60,8 @@ _POLL_S = 0.02
 _SSE_PERIOD_S = 0.1
 #: The largest ``since`` sequence number asked for: finite, and exact as a float.
 MAX_SEQ = 2**53
+#: The largest body of ``POST /api/sources``.
+MAX_BODY_BYTES = 64 << 10
 _SECURITY_HEADERS = [
     (b"content-security-policy",
      b"default-src 'none'; img-src 'self'; connect-src 'self'; script-src 'unsafe-inline'; "
@@ -86,6 +100,11 @@ class _Guard:
 
     def _refusal(self, scope: Scope) -> tuple[int, str] | None:
         headers = dict(scope.get("headers", []))
+        if scope.get("method", "GET") not in ("GET", "HEAD") and b"origin" in headers:
+            origin = headers[b"origin"].decode("latin-1")
+            host = headers.get(b"host", b"").decode("latin-1")
+            if urlsplit(origin).netloc.lower() != host.lower():
+                return 403, "a change from another origin is refused"
         if self.token is None:
             host = headers.get(b"host", b"").decode("latin-1")
             name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
@@ -107,7 +126,7 @@ class _Guard:
 
 
 def build_app(dashboard: Dashboard, *, token: str | None = None, closing: threading.Event | None = None,
-              metrics: PipelineMetrics | None = None) -> ASGIApp:
+              metrics: PipelineMetrics | None = None, control: SourceControl | None = None) -> ASGIApp:
     """The dashboard's ASGI app.
 
     Args:
@@ -115,6 +134,7 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
         token: Required on every request when given (see the module docstring).
         closing: Set when the server shuts down: the endless responses (streams, events) end.
         metrics: The observer behind ``GET /metrics`` (no such route without it).
+        control: What adds and removes sources (no ``POST``/``DELETE`` routes without it).
 
     Returns:
         The app, wrapped in the token/Host guard.
@@ -140,7 +160,35 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
     async def sources(request: Request) -> Response:
         return JSONResponse({"labels": list(dashboard.labels),
                              "sources": [{**dashboard.source_info(s), "health": dashboard.status(s.source_id)}
-                                         for s in dashboard.sources]})
+                                         for s in dashboard.sources],
+                             "changes": {"add": control is not None, "paced": control is not None and control.paced,
+                                         "reload": control is not None and control.sources_file is not None}})
+
+    async def add_source(request: Request) -> Response:
+        assert control is not None
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise _BadQuery('expected a JSON body (Content-Type: application/json): {"source": "..."}')
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            raise _BadQuery(f"the body is larger than {MAX_BODY_BYTES} bytes")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise _BadQuery('the body is not JSON: expected {"source": "...", "name": "...", "paced": true}') from None
+        spec = spec_from_json(data, paced=control.paced)
+        info = await to_thread.run_sync(control.add, spec)
+        return JSONResponse({**info, "stream": f"/stream/{info['id']}.mjpg",
+                             "status": f"/api/sources/{info['id']}/status"}, status_code=201)
+
+    async def remove_source(request: Request) -> Response:
+        assert control is not None
+        sid = source_id(request)
+        return JSONResponse(await to_thread.run_sync(control.remove, sid))
+
+    async def reload_sources(request: Request) -> Response:
+        assert control is not None
+        result = await to_thread.run_sync(control.reload)
+        return JSONResponse({"added": result.added, "removed": result.removed, "unchanged": result.unchanged})
 
     async def status(request: Request) -> Response:
         return JSONResponse(dashboard.status(source_id(request)))
@@ -207,16 +255,22 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
         return StreamingResponse(messages(), media_type="text/event-stream",
                                  headers={"X-Accel-Buffering": "no"})
 
+    changes = [
+        Route("/api/sources", add_source, methods=["POST"]),
+        Route("/api/sources/reload", reload_sources, methods=["POST"]),
+        Route("/api/sources/{sid}", remove_source, methods=["DELETE"]),
+    ] if control is not None else []
     app = Starlette(routes=[
         Route("/", index),
-        Route("/api/sources", sources),
+        Route("/api/sources", sources, methods=["GET"]),
+        *changes,
         Route("/api/sources/{sid}/status", status),
         Route("/api/events", events),
         Route("/api/events/stream", event_stream),
         Route("/stream/{sid}.mjpg", mjpeg),
         Route("/frame/{sid}.jpg", frame),
         *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
-    ], exception_handlers={_NotFound: _not_found, _BadQuery: _bad_query})
+    ], exception_handlers={_NotFound: _not_found, _BadQuery: _bad_query, StreamError: _refused})
     return _Guard(app, token)
 
 
@@ -234,6 +288,17 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 async def _bad_query(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    """A change that could not be made: one line, and the status code that says why."""
+    if isinstance(exc, UnknownSource):
+        code = 404
+    elif isinstance(exc, NotRunning | NameInUse | NoSourcesFile):
+        code = 409
+    else:
+        code = 400
+    return JSONResponse({"error": str(exc)}, status_code=code)
 
 
 def _query_number(request: Request, key: str, default: float, low: float, high: float) -> float:

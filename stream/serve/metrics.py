@@ -11,13 +11,16 @@ in one process). Every metric has a ``source`` label (the source's name in the r
     emostream_faces_total                   counter    faces found, over all frames
     emostream_frame_latency_seconds         histogram  capture to result, per frame
     emostream_source_up                     gauge      1 while frames come (a frame in the last 2 s), else 0
-    emostream_source_state{state=...}       gauge      1 for the current state: starting, up, down, ended, failed
+    emostream_source_state{state=...}       gauge      1 for the current state: starting, up, down, ended, failed,
+                                                       removed
     emostream_source_reconnects_total       counter    times frames resumed after more than 1 s without any
     emostream_source_fps                    gauge      frames per second over the last 60 frames
     emostream_emotion_faces_total{emotion}  counter    faces per label (as in the event log), since the start
     emostream_emotion_share{emotion}        gauge      each label's share of the faces seen in the last 10 s
 
-Up, down and reconnects are :class:`stream.sinks.health.SourceHealth`'s, as on MQTT.
+Up, down and reconnects are :class:`stream.sinks.health.SourceHealth`'s, as on MQTT. A source
+added while running has its metrics from then on (``starting`` until its first frame); a removed
+one keeps its counters, in state ``removed``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ __all__ = ["LATENCY_BUCKETS_S", "SHARE_WINDOW_S", "STATES", "PipelineMetrics", "
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 #: ``emostream_emotion_share`` counts the faces of this many last seconds.
 SHARE_WINDOW_S = 10.0
-STATES = ("starting", "up", "down", "ended", "failed")
+STATES = ("starting", "up", "down", "ended", "failed", "removed")
 
 
 @dataclass
@@ -80,6 +83,9 @@ class PipelineMetrics:
     def on_start(self, summaries: list[RunSummary]) -> None:
         for summary in summaries:
             self._source(summary)
+
+    def on_source_added(self, summary: RunSummary) -> None:
+        self._source(summary)
 
     def on_result(self, result: FrameResult, summary: RunSummary) -> None:
         src = self._source(summary)

@@ -75,6 +75,7 @@ class Dashboard:
         self.seq = 0  # events of all sources, in order
         self._lock = threading.Lock()
         self._encode_lock = threading.Lock()
+        self._unclaimed: deque[str] = deque(maxlen=20)  # recent warnings that named no known source
 
     # -- Observer (the pipeline's consuming thread) ------------------------------------------------
 
@@ -84,6 +85,15 @@ class Dashboard:
                                         else redact_url(s.source), s, events=deque(maxlen=self.ring))
                             for s in summaries]
         self.started.set()
+
+    def on_source_added(self, summary: RunSummary) -> None:
+        state = SourceState(summary.source_id, redact_url(summary.name or summary.source), summary,
+                            events=deque(maxlen=self.ring))
+        for message in list(self._unclaimed):
+            if _names(state, message):
+                state.last_error = message
+        with self._lock:
+            self.sources = [*self.sources, state]  # a new list: the web side may be iterating the old one
 
     def on_result(self, result: FrameResult, summary: RunSummary) -> None:
         state = self.sources[summary.source_id]
@@ -114,9 +124,12 @@ class Dashboard:
     def note_log(self, record: logging.LogRecord) -> None:
         """Keep a warning that names a source as that source's last error."""
         message = redact_url(record.getMessage())
+        claimed = False
         for state in self.sources:
-            if f"'{state.summary.source}'" in message or f"'{state.name}'" in message:
-                state.last_error = message
+            if _names(state, message):
+                state.last_error, claimed = message, True
+        if not claimed:  # an added camera's first failure may come before the dashboard hears of it
+            self._unclaimed.append(message)
 
     # -- The web side ------------------------------------------------------------------------------
 
@@ -151,7 +164,11 @@ class Dashboard:
                 "stream": f"/stream/{state.source_id}.mjpg", "status": f"/api/sources/{state.source_id}/status"}
 
     def status(self, source_id: int) -> dict[str, Any]:
-        """Health of one source: connected, fps, latency p50/p95, counts, last error."""
+        """Health of one source: state, connected, fps, latency p50/p95, counts, last error.
+
+        ``state``: ``connecting`` (no frame yet), ``up``, ``down`` (no frame for ``STALE_S``, or
+        none yet and a warning about it), ``ended``, ``failed`` or ``removed``.
+        """
         state = self.sources[source_id]
         now = time.monotonic()
         with self._lock:
@@ -170,6 +187,7 @@ class Dashboard:
             "name": state.name,
             "connected": not ended and t_last > 0 and now - t_last < STALE_S,
             "ended": ended,
+            "state": _state(s, ended, t_last, now, error),
             "fps": round(fps, 2),
             "latency_ms_p50": round(float(np.percentile(latencies, 50)), 2) if latencies.size else None,
             "latency_ms_p95": round(float(np.percentile(latencies, 95)), 2) if latencies.size else None,
@@ -180,3 +198,16 @@ class Dashboard:
             "last_error": redact_url(error) if error else None,
         }
 
+
+def _names(state: SourceState, message: str) -> bool:
+    return f"'{state.summary.source}'" in message or f"'{state.name}'" in message
+
+
+def _state(summary: RunSummary, ended: bool, t_last: float, now: float, error: str) -> str:
+    if ended:
+        if summary.error is not None:
+            return "failed"
+        return "removed" if summary.warning == "removed" else "ended"
+    if t_last <= 0:
+        return "down" if error else "connecting"  # a camera that could not be opened yet is retried
+    return "up" if now - t_last < STALE_S else "down"

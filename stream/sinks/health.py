@@ -2,7 +2,8 @@
 
 A source is ``starting`` until its first processed frame, ``up`` while frames keep
 coming, ``down`` after :data:`STALE_S` seconds without one (a camera being
-reconnected), and ``ended`` or ``failed`` once the pipeline says it ended. A
+reconnected), and ``ended``, ``failed`` or ``removed`` (taken out while running) once the
+pipeline says it ended. A
 *reconnect* is counted when frames resume after an outage: the media time of a
 live source counts wall time since it opened, so a jump of more than
 :data:`GAP_S` between two consecutive frames is time the source delivered nothing
@@ -85,10 +86,12 @@ class SourceHealth:
         self.ended = True
 
     def state(self, now: float | None = None) -> str:
-        """``starting``, ``up``, ``down``, ``ended`` or ``failed``."""
+        """``starting``, ``up``, ``down``, ``ended``, ``failed`` or ``removed``."""
         now = time.monotonic() if now is None else now
         if self.ended:
-            return "failed" if self.summary.error is not None else "ended"
+            if self.summary.error is not None:
+                return "failed"
+            return "removed" if self.summary.warning == "removed" else "ended"
         if self._t_last == 0.0:
             return "starting"
         return "up" if now - self._t_last < STALE_S else "down"

@@ -16,6 +16,10 @@ spaces made ``_``. README "MQTT" shows each payload.
     <prefix>/<source>/episode         {"event": "start" | "end", ...} (not retained)
     <discovery_prefix>/sensor/...     Home Assistant discovery, when ``discovery`` is on
 
+A source added while running is announced at once (discovery, health ``starting``, so a
+camera that is down shows as such); a removed one's health says ``removed`` and its
+availability turns ``offline``.
+
 Episodes here are derived live, one frame at a time: a label takes over with the same
 hysteresis as ``emostream episodes``, an episode starts once its label held for
 ``min_duration_s`` and ends when another label takes over or the face is gone for
@@ -313,6 +317,10 @@ class MqttPublisher:
     def on_start(self, summaries: list[RunSummary]) -> None:
         for summary in summaries:
             self._source(summary)
+        self._wake.set()
+
+    def on_source_added(self, summary: RunSummary) -> None:
+        self._source(summary)  # announced now, state "starting": a camera that is down shows as such
         self._wake.set()
 
     def on_result(self, result: FrameResult, summary: RunSummary) -> None:
