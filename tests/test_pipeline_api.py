@@ -106,7 +106,8 @@ def test_sources_added_and_removed_while_running(models: Models, clips: dict[str
     assert camera_summary.warning == "removed" and camera_summary.error is None
     assert camera.closed and file_summary.error is None
     camera_log = _lines(tmp_path / "camera.events.jsonl")
-    assert [e["frame"] for e in camera_log] == list(range(len(camera_log))) and len(camera_log) >= 5
+    frames = [e["frame"] for e in camera_log]  # a live source keeps its newest frames: some are dropped
+    assert len(frames) >= 5 and frames == sorted(set(frames))
     assert [e["frame"] for e in _lines(tmp_path / "carphone_640x480.events.jsonl")] == list(range(120))
     with pytest.raises(ConfigError, match="closed"):
         pipeline.add_source(str(clips["vga"]))
