@@ -30,6 +30,9 @@ the run's exit code and the reconnections it logged (lines with ``gap_s``).
 
 This is a benchmark: numbers depend on the machine and on what else runs there
 (the load average over the run is reported).
+
+The fleet soak (``emostream serve`` on 8 cameras with MQTT, cameras added and removed through
+the API, the broker restarted) is ``benchmarks/soak_fleet.py``; it uses :func:`read_rss_mb` from here.
 """
 
 from __future__ import annotations

@@ -434,6 +434,8 @@ class MqttPublisher:
     def _publish_health(self, src: _Source, now: float) -> None:
         record = src.health.record(now)
         record["mqtt_dropped"] = self.dropped
+        record["mqtt_published"] = self.published  # handed to the broker so far
+        record["mqtt_pending"] = len(self._outbox) + self._in_flight  # queued or in flight: sent before this one
         src.published_state = record["state"]
         src.next_health_s = now + self.config.health_interval_s
         self._retain(self._topic(src, "health"), _json(record))
