@@ -57,6 +57,7 @@ MAX_BATCH_SIZE = 256
 MAX_QUEUE_SIZE = 1024
 MAX_LIVE_BUFFER = 256
 MAX_THREADS = 256
+MAX_INFERENCE_WORKERS = 32
 #: Upper bound of ``capture.max_sources``: each file source buffers up to ``capture.queue_size``
 #: decoded frames (64 frames of 640x480 are ~59 MB), so 200 sources in one process took 15 GB.
 MAX_SOURCES = 1024
@@ -149,14 +150,19 @@ class RuntimeConfig:
     tensorrt_fp16: bool = False
     tensorrt_cache_dir: Path = Path("~/.cache/emostream/tensorrt")
     detect_every: int = 1
+    inference_workers: int = 0
+    output_workers: int = -1
 
     def validate(self, key: str) -> None:
         _positive(self, key, "batch_size", "result_queue_size", "detect_every")
-        _non_negative(self, key, "intra_op_threads", "batch_timeout_ms")
+        _non_negative(self, key, "intra_op_threads", "batch_timeout_ms", "inference_workers")
         _at_most(self, key, batch_size=MAX_BATCH_SIZE, result_queue_size=MAX_QUEUE_SIZE,
-                 intra_op_threads=MAX_THREADS)
+                 intra_op_threads=MAX_THREADS, inference_workers=MAX_INFERENCE_WORKERS)
         if not self.providers:
             raise ConfigError(f"{key}.providers: must name at least one provider")
+        if not -1 <= self.output_workers <= MAX_INFERENCE_WORKERS:
+            raise ConfigError(f"{key}.output_workers: must be -1 (auto), 0 (this thread) or up to "
+                              f"{MAX_INFERENCE_WORKERS} threads, got {self.output_workers}")
 
 
 @dataclass(frozen=True)

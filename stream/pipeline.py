@@ -29,6 +29,7 @@ and output, so Ctrl-C or a crash still leaves playable videos and complete event
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import queue
 import threading
@@ -46,10 +47,11 @@ from stream.capture.spec import SourceSpec, source_name, unique_names
 from stream.config import Config
 from stream.errors import ConfigError, SourceError, StreamError
 from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
-from stream.infer.session import BatchBuckets, resolve_providers
+from stream.infer.session import BatchBuckets, auto_inference_workers, auto_output_workers, resolve_providers
 from stream.records import EndOfStream, FrameResult, StageError
 from stream.render import EventLog, ImageWriter, VideoRecorder, Window, display_available, mosaic
 from stream.render.outputs import check_output_paths
+from stream.render.pool import OutputPool
 from stream.render.sinks import SourceSinks
 from stream.summary import RunSummary
 from stream.track import IouTracker
@@ -60,6 +62,8 @@ __all__ = ["Models", "Observer", "Pipeline", "RunOptions", "RunSummary", "Source
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.1
+#: With frames at the output threads, their results are looked for this often.
+_POOL_POLL_S = 0.005
 
 @dataclass(frozen=True)
 class Models:
@@ -158,6 +162,7 @@ class _Lane:
     tracker: IouTracker
     capture: CaptureThread
     stop: threading.Event = field(default_factory=threading.Event)
+    ending: bool = False  # its end was handed to its outputs: later results of it are dropped
 
     @property
     def summary(self) -> RunSummary:
@@ -194,6 +199,7 @@ class Pipeline:
         self._lanes: list[_Lane] = []
         self._inference: InferenceThread | None = None
         self._window: Window | None = None
+        self._outputs: OutputPool | None = None  # drawing/encoding off this thread (runtime.output_workers)
         self._requests: queue.SimpleQueue[tuple[str, Any, concurrent.futures.Future]] = queue.SimpleQueue()
         self._wake = threading.Event()  # set by every capture thread after a put; the mux waits on it
         self._consumer: int | None = None  # the consuming thread's ident
@@ -275,12 +281,15 @@ class Pipeline:
                         rest.close()
                     raise
             self._window = _window([lane.source for lane in self._lanes], options)
+            workers = config.runtime.output_workers if config.runtime.output_workers >= 0 else auto_output_workers()
+            self._outputs = OutputPool(workers) if workers > 0 else None
             self._inference = InferenceThread([lane.capture.frames for lane in self._lanes], self.models.detector,
                                               self.models.classifier, self._tracker_of, config.runtime.batch_size,
                                               config.runtime.result_queue_size, threading.Event(),
                                               batch_timeout_s=config.runtime.batch_timeout_ms / 1000.0,
                                               detect_every=config.runtime.detect_every, ready=self._wake,
-                                              keep_open=options.keep_open)
+                                              keep_open=options.keep_open,
+                                              workers=config.runtime.inference_workers or auto_inference_workers())
             for lane in self._lanes:
                 lane.capture.start()
             self._inference.start()
@@ -342,6 +351,13 @@ class Pipeline:
             _never_up(lane.source, lane.summary)
         if self._inference is not None:
             self._inference.close()
+        if self._outputs is not None:
+            self._outputs.close()  # the frames handed to it are written first
+            try:
+                self._outputs.finished()
+            except StreamError as err:
+                log.error("%s", err)
+                failed = True
         for lane in self._lanes:
             if failed or (lane.summary.interrupted and not self.options.publish_interrupted):
                 lane.sink.abort()  # a source that had already ended is closed: abort leaves it published
@@ -446,14 +462,25 @@ class Pipeline:
 
     def _remove(self, source_id: int) -> None:
         assert self._inference is not None
-        if not 0 <= source_id < len(self._lanes) or self._lanes[source_id].sink.closed:
+        if not 0 <= source_id < len(self._lanes) or self._lanes[source_id].ending:
             raise ConfigError(f"no running source {source_id}")
         lane = self._lanes[source_id]
         self._inference.mux.retire(source_id)
         lane.capture.close()
-        _end_source(lane.sink, EndOfStream("removed", warning="removed", source_id=source_id))
-        for observer in self.observers:
-            observer.on_source_end(lane.summary)
+        if self._end(lane, EndOfStream("removed", warning="removed", source_id=source_id)):
+            for observer in self.observers:
+                observer.on_source_end(lane.summary)
+
+    def _end(self, lane: _Lane, marker: EndOfStream | StageError) -> bool:
+        """Finalise a source's outputs now (True), or after the frames its output thread still holds."""
+        lane.ending = True
+        others = len(self._lanes) > 1
+        if self._outputs is None:
+            _end_source(lane.sink, marker, others=others)
+            return True
+        self._outputs.submit(lane.summary.source_id, lambda: _end_source(lane.sink, marker, others=others),
+                             ("ended", lane, None))
+        return False
 
 
 def _as_spec(source: str | SourceSpec | FrameSource) -> SourceSpec:
@@ -511,52 +538,88 @@ def _window(sources: list[FrameSource], options: RunOptions) -> Window | None:
 
 
 def _consume(pipeline: Pipeline) -> Iterator[FrameResult]:
-    """The demux and render/record stage, on the calling thread (a window must live on the main thread)."""
+    """The demux and render/record stage, on the calling thread (a window must live on the main thread).
+
+    Each result goes to its source's outputs (on this thread, or on the output pool's thread of
+    that source), then to the observers, then to the caller.
+    """
     assert pipeline._inference is not None
-    options, lanes, window = pipeline.options, pipeline._lanes, pipeline._window
+    options, lanes, window, pool = pipeline.options, pipeline._lanes, pipeline._window, pipeline._outputs
     results = pipeline._inference.results
     counts = [lane.source.frame_count or 0 for lane in lanes]
     known = bool(lanes) and all(not lane.source.live and lane.source.frame_count for lane in lanes)
     show_progress = pipeline.config.output.progress and not (known and sum(counts) <= 1)
     progress: tqdm | None = None  # from the first frame on: a camera that never comes up leaves no empty bar
     t_start = time.perf_counter()
-    draw_for_observers = any(getattr(o, "wants_images", True) for o in pipeline.observers)
+    draw = window is not None or any(getattr(o, "wants_images", True) for o in pipeline.observers)
+
+    def written(item: FrameResult, lane: _Lane) -> None:
+        """The outputs took ``item``: tell the observers and the progress bar."""
+        nonlocal progress
+        for observer in pipeline.observers:
+            observer.on_result(item, lane.summary)
+        if progress is None:
+            progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
+                            disable=not show_progress, leave=False)
+        progress.update()
+
+    def ended(lane: _Lane) -> None:
+        for observer in pipeline.observers:
+            observer.on_source_end(lane.summary)
+
     try:
-        while True:
+        stop = False
+        while not stop:
+            for kind, lane, item in pool.finished() if pool is not None else ():
+                if kind == "ended":
+                    ended(lane)
+                    continue
+                written(item, lane)
+                yield item
+                if window is not None and window.show(_window_image(lanes)):
+                    stop = True
+                    break
+            if stop:
+                break
             pipeline._serve_requests()
             if options.max_seconds is not None and time.perf_counter() - t_start >= options.max_seconds:
                 break
             if options.interrupt is not None and options.interrupt.is_set():
                 for lane in lanes:
-                    if not lane.sink.closed:  # a source that ended before the interrupt is complete
+                    if not lane.ending:  # a source that ended before the interrupt is complete
                         lane.summary.interrupted = True
                 break
             try:
-                item = results.get(timeout=_POLL_S)
+                got = results.get(timeout=_POLL_S if pool is None or not pool.pending else _POOL_POLL_S)
             except queue.Empty:
                 continue
-            if isinstance(item, FrameResult):
-                lane = lanes[item.frame.source_id]
-                if lane.sink.closed:
+            if isinstance(got, FrameResult):
+                lane = lanes[got.frame.source_id]
+                if lane.ending:
                     continue  # removed while its last frames were in flight
-                lane.sink.write(item, draw=window is not None or draw_for_observers)
-                for observer in pipeline.observers:
-                    observer.on_result(item, lane.summary)
-                if progress is None:
-                    progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
-                                    disable=not show_progress, leave=False)
-                progress.update()
-                yield item
+                if pool is not None:
+                    pool.submit(lane.summary.source_id, functools.partial(lane.sink.write, got, draw=draw),
+                                ("written", lane, got))
+                    continue
+                lane.sink.write(got, draw=draw)
+                written(got, lane)
+                yield got
                 if window is not None and window.show(_window_image(lanes)):
                     break
-            elif item.source_id is None:  # the inference stage itself
-                if isinstance(item, StageError):
-                    raise item.error
+            elif got.source_id is None:  # the inference stage itself
+                if isinstance(got, StageError):
+                    raise got.error
                 break
-            elif not lanes[item.source_id].sink.closed:
-                _end_source(lanes[item.source_id].sink, item, others=len(lanes) > 1)
-                for observer in pipeline.observers:
-                    observer.on_source_end(lanes[item.source_id].summary)
+            elif not lanes[got.source_id].ending and pipeline._end(lanes[got.source_id], got):
+                ended(lanes[got.source_id])
+        if pool is not None and not stop:  # what the output threads still hold, then its results
+            while pool.pending:
+                for kind, lane, item in pool.finished(wait_s=_POLL_S):
+                    if kind == "ended":
+                        ended(lane)
+                    else:
+                        written(item, lane)
+                        yield item
     finally:
         if progress is not None:
             progress.close()

@@ -10,6 +10,7 @@ frames again. Overlapping boxes are blended by score as MediaPipe does
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,7 +193,7 @@ class FaceDetector:
         self.tiles_above_px = tiles_above_px
         self.tile_score_threshold = max(score_threshold, tile_score_threshold)
         self._plans: dict[tuple[int, int], list[_View]] = {}
-        self._batches: dict[int, np.ndarray] = {}
+        self._buffers = threading.local()  # each inference worker fills its own input batches
 
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0,
@@ -317,10 +318,11 @@ class FaceDetector:
         """The model inputs of ``owners`` (frame index, view): each frame resized once per scale."""
         size = net.size
         n = len(owners)
-        batch = self._batches.get(size)
+        batches: dict[int, np.ndarray] = self._buffers.__dict__.setdefault("by_size", {})
+        batch = batches.get(size)
         if batch is None or batch.shape[0] < n:
             batch = np.zeros((max(n, 8), size, size, 3), np.uint8)
-            self._batches[size] = batch
+            batches[size] = batch
         batch = batch[:n]
         batch.fill(0)
         scaled: dict[tuple[int, float], np.ndarray] = {}

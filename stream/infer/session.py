@@ -64,6 +64,25 @@ def auto_threads() -> int:
     return 1 if cores <= 4 else cores // 2
 
 
+def auto_inference_workers() -> int:
+    """Batches analysed at once when the config says 0 (``runtime.inference_workers``).
+
+    An ONNX Runtime call releases the GIL: with two batches in flight one's model runs while the
+    other's Python work (letterbox, decoding, crops) does, so a 2-core machine uses both cores
+    with one intra-op thread per call; bigger machines get a quarter of their cores (at most 8).
+    """
+    cores = os.cpu_count() or 1
+    return 2 if cores <= 4 else min(8, cores // 4)
+
+
+def auto_output_workers() -> int:
+    """Output threads when the config says -1 (``runtime.output_workers``): none on <= 4 cores (the
+    consuming thread draws and encodes: a thread more would only take turns with it), else a
+    quarter of the cores (at most 8), so many recorded streams are drawn and encoded at once."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 4 else min(8, cores // 4)
+
+
 class BatchBuckets:
     """Pads every batch to a fixed size, so a GPU session never meets a new input shape mid-run.
 

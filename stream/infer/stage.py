@@ -3,7 +3,11 @@
 :class:`Mux` takes fair batches from the sources' capture queues (round robin,
 one frame per source per round, flushed when full or when nothing more is
 waiting). Per batch: one detector call for all frames, one classifier call for
-all faces of all frames; then each source's own tracker, in frame order.
+all faces of all frames (:func:`analyse_batch`); then each source's own tracker,
+in frame order (:func:`track_batch`). Several batches are analysed at once on a
+small pool of threads sharing the sessions (``workers``: an ONNX Runtime call
+releases the GIL, so one batch's model runs while another's Python work does);
+their results are tracked and emitted strictly in the order the batches were taken.
 Results leave in one queue, each frame carrying its ``source_id``; a source's
 end or failure is forwarded as its :class:`EndOfStream` / :class:`StageError`
 (with that ``source_id``) and the other sources go on. The stage ends with an
@@ -16,7 +20,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -26,11 +32,13 @@ from stream.records import EndOfStream, Face, Frame, FrameResult, StageError
 from stream.track import IouTracker
 from stream.worker import Worker
 
-__all__ = ["InferenceThread", "Mux", "infer_batch", "take_batch"]
+__all__ = ["InferenceThread", "Mux", "analyse_batch", "infer_batch", "take_batch", "track_batch"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
+#: While batches are in flight and no frame waits, look for frames again this often.
+_BUSY_POLL_S = 0.002
 
 Marker = EndOfStream | StageError
 
@@ -185,24 +193,41 @@ def infer_batch(frames: list[Frame], detector: FaceDetector, classifier: Emotion
         tracker: One tracker for all frames, or ``source_id -> tracker`` (None: no tracking).
         detections: Each frame's faces when already known (frame skipping); None: detect them here.
     """
+    return track_batch(frames, analyse_batch(frames, detector, classifier, detections), tracker)
+
+
+def analyse_batch(frames: list[Frame], detector: FaceDetector, classifier: EmotionClassifier,
+                  detections: list[list[Detection]] | None = None) -> list[list[Face]]:
+    """Each frame's faces, classified, untracked: one detector call and one classifier call in all.
+
+    Safe to run on several threads at once (the sessions are shared; nothing else is).
+    """
     found = detector.detect([f.image_bgr for f in frames]) if detections is None else detections
     crops: list[np.ndarray] = []
     for frame, dets in zip(frames, found, strict=True):
         rolls = [eye_roll_deg(d.keypoints_xy) for d in dets] if classifier.align == "eyes" else None
         crops.extend(crop_faces(frame.image_bgr, [d.box_xyxy for d in dets], classifier.contract, rolls))
     probs, heads = classifier.predict(np.stack(crops) if crops else np.zeros((0, 1, 1), np.uint8))
-    results = []
+    out: list[list[Face]] = []
     k = 0
-    for frame, dets in zip(frames, found, strict=True):
-        faces = [Face(det.box_xyxy, det.score, probs[k + i], keypoints_xy=det.keypoints_xy,
-                      too_small=bool(det.box_xyxy[3] - det.box_xyxy[1] < classifier.min_face_px),
-                      heads={name: values[k + i] for name, values in heads.items()})
-                 for i, det in enumerate(dets)]
+    for dets in found:
+        out.append([Face(det.box_xyxy, det.score, probs[k + i], keypoints_xy=det.keypoints_xy,
+                         too_small=bool(det.box_xyxy[3] - det.box_xyxy[1] < classifier.min_face_px),
+                         heads={name: values[k + i] for name, values in heads.items()})
+                    for i, det in enumerate(dets)])
         k += len(dets)
+    return out
+
+
+def track_batch(frames: list[Frame], faces: list[list[Face]],
+                tracker: IouTracker | Callable[[int], IouTracker | None] | None) -> list[FrameResult]:
+    """Give the faces of a batch their track ids (each source's tracker, in frame order); the results."""
+    results = []
+    for frame, frame_faces in zip(frames, faces, strict=True):
         track = tracker(frame.source_id) if callable(tracker) else tracker
         if track is not None:
-            track.update(faces)
-        results.append(FrameResult(frame, faces, time.perf_counter()))
+            track.update(frame_faces)
+        results.append(FrameResult(frame, frame_faces, time.perf_counter()))
     return results
 
 
@@ -222,12 +247,16 @@ class InferenceThread(Worker):
             boxes are classified again and tracked.
         ready: The producers' wake-up event (see :class:`Mux`).
         keep_open: Keep running when every source has ended (sources are added later, :meth:`Mux.add`).
+        workers: Batches analysed at once (threads sharing the sessions); results keep the order
+            the batches were taken in. With ``detect_every`` > 1 batches are analysed one by one
+            (each reuses the detections of the one before).
     """
 
     def __init__(self, frames: queue.Queue | Sequence[queue.Queue], detector: FaceDetector,
                  classifier: EmotionClassifier, tracker: IouTracker | Callable[[int], IouTracker | None] | None,
                  batch_size: int, results_size: int, stop: threading.Event, *, batch_timeout_s: float = 0.0,
-                 detect_every: int = 1, ready: threading.Event | None = None, keep_open: bool = False) -> None:
+                 detect_every: int = 1, ready: threading.Event | None = None, keep_open: bool = False,
+                 workers: int = 1) -> None:
         super().__init__("inference", results_size, stop)
         queues = [frames] if isinstance(frames, queue.Queue) else list(frames)
         self.mux = Mux(queues, batch_size, batch_timeout_s, ready)
@@ -236,6 +265,7 @@ class InferenceThread(Worker):
         self.tracker = tracker
         self.detect_every = detect_every
         self.keep_open = keep_open
+        self.workers = max(1, workers) if detect_every <= 1 else 1
         self.busy_s = 0.0
         self._last: dict[int, tuple[int, list[Detection] | int]] = {}
 
@@ -244,21 +274,46 @@ class InferenceThread(Worker):
         return self.out
 
     def produce(self) -> EndOfStream:
-        while not self.stop.is_set():
-            batch, markers = self.mux.take(self.stop)
-            if batch:
-                t0 = time.perf_counter()
-                results = infer_batch(batch, self.detector, self.classifier, self.tracker, self._reuse(batch))
-                self.busy_s += time.perf_counter() - t0
-                for result in results:
-                    if not self.emit(result):
+        # Batches taken, oldest first: (frames, their analysis) or (end markers, None). A batch's
+        # results are tracked and emitted only when every batch taken before it has been.
+        pending: deque[tuple[list[Frame], Future[list[list[Face]]]] | tuple[list[Marker], None]] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="inference-worker") as pool:
+            while not self.stop.is_set():
+                if pending and (pending[0][1] is None or pending[0][1].done() or len(pending) >= self.workers):
+                    if not self._emit(pending.popleft()):
                         return EndOfStream("stopped")
-            for marker in markers:
-                if not self.emit(marker):
-                    return EndOfStream("stopped")
-            if not self.mux.active and not self.mux.changing and not self.keep_open:
-                return EndOfStream("eof")
+                    continue
+                batch, markers = self.mux.take(self.stop, wait_s=_BUSY_POLL_S if pending else None)
+                if batch:
+                    pending.append((batch, pool.submit(self._analyse, batch)))
+                if markers:
+                    pending.append((markers, None))
+                if not pending and not self.mux.active and not self.mux.changing and not self.keep_open:
+                    return EndOfStream("eof")
+            for _, analysis in pending:  # stopped: nothing more is emitted
+                if analysis is not None:
+                    analysis.cancel()
         return EndOfStream("stopped")
+
+    def _analyse(self, batch: list[Frame]) -> list[list[Face]]:
+        t0 = time.perf_counter()
+        faces = analyse_batch(batch, self.detector, self.classifier, self._reuse(batch))
+        self.busy_s += time.perf_counter() - t0
+        return faces
+
+    def _emit(self, item: tuple[list[Frame], Future[list[list[Face]]]] | tuple[list[Marker], None]) -> bool:
+        """Track and emit a batch's results (waiting for its analysis), or forward end markers."""
+        frames, analysis = item
+        if analysis is None:
+            return all(self.emit(marker) for marker in frames)
+        while True:
+            try:
+                faces = analysis.result(timeout=_POLL_S)  # an error of the analysis is raised here
+                break
+            except TimeoutError:
+                if self.stop.is_set():
+                    return False
+        return all(self.emit(result) for result in track_batch(frames, faces, self.tracker))  # type: ignore[arg-type]
 
     def _reuse(self, batch: list[Frame]) -> list[list[Detection]] | None:
         """With ``detect_every`` k > 1: each frame's detections, fresh for every k-th frame of a
