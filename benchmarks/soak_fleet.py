@@ -697,6 +697,45 @@ def table(report: FleetReport, every: int = 1) -> str:
     return "\n".join(rows)
 
 
+def plot(data: dict[str, Any], path: Path) -> None:
+    """RSS, latency p50/p95 and frames/s over time from a report saved with ``--json``; camera outages shaded
+    (matplotlib, Agg); dotted lines: sources added or removed, the broker killed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    windows = data["windows"]
+    scale = 60.0 if data["seconds"] >= 600 else 1.0
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6.5), sharex=True, dpi=80)
+    rss = [(t, mb) for t, mb in data["rss_samples"] if t >= data["t_first_frame_s"]] or data["rss_samples"]
+    axes[0].plot([t / scale for t, _ in rss], [mb for _, mb in rss], lw=1)
+    axes[0].set_ylabel("RSS (MB)")
+    mid = [(w["t_start_s"] + w["t_end_s"]) / 2 / scale for w in windows]
+    axes[1].plot(mid, [w["latency_p50_ms"] for w in windows], "o-", ms=3, label="p50")
+    axes[1].plot(mid, [w["latency_p95_ms"] for w in windows], "o-", ms=3, label="p95")
+    axes[1].set_ylabel("latency (ms)")
+    axes[1].set_ylim(bottom=0)
+    axes[1].legend(loc="upper right", fontsize=8)
+    axes[2].plot(mid, [w["frames"] / max(w["t_end_s"] - w["t_start_s"], 1e-9) for w in windows], "o-", ms=3)
+    axes[2].set_ylabel("frames/s (all sources)")
+    axes[2].set_ylim(bottom=0)
+    axes[2].set_xlabel("time (min)" if scale > 1 else "time (s)")
+    marks = [t for t, what in data["actions"] if what.startswith(("added", "removed", "killed the broker"))]
+    for ax in axes:
+        for _, a, b in data["outages"]:
+            ax.axvspan(a / scale, (b if b == b else a) / scale, color="tab:red", alpha=0.12, lw=0)
+        for t in marks:
+            ax.axvline(t / scale, color="grey", ls=":", lw=1)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"fleet soak: {data['cameras']} cameras + 2 added - 1 removed, {data['source']}; "
+                 f"outages shaded", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3600.0, help="how long serve runs")
@@ -715,7 +754,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="copy the event logs and serve's stderr here")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--every", type=int, default=1, help="print every N-th window")
+    parser.add_argument("--plot", type=Path, help="write a plot (PNG) here")
+    parser.add_argument("--from-json", type=Path, help="no run: --plot a report saved with --json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        if args.plot:
+            plot(json.loads(args.from_json.read_text()), args.plot)
+            print(f"wrote {args.plot}")
+        return 0
     long = args.seconds >= 600
     window = args.window or (60.0 if long else args.seconds / 6)
     warmup = args.warmup if args.warmup is not None else (300.0 if long else window)
@@ -738,6 +784,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(asdict(report), indent=1))
         print(f"wrote {args.json}")
+    if args.plot:
+        plot(json.loads(json.dumps(asdict(report))), args.plot)
+        print(f"wrote {args.plot}")
     ok = (report.exit_code == 130 and not report.api_errors and all(s.increasing for s in report.sources))
     return 0 if ok else 1
 
