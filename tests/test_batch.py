@@ -211,6 +211,29 @@ def test_sigkilled_job_resumes_without_redoing_or_duplicating(clips: dict[str, P
     assert not list(out.rglob("*.partial*")) and not list(out.rglob("*.recovered*"))
 
 
+def test_the_next_input_joins_as_soon_as_one_ends(clips: dict[str, Path], tmp_path: Path) -> None:
+    """--parallel 2 with one long input and four short ones: the short ones go through one slot while
+    the long one holds the other (no group waits for its longest input), each committed when done."""
+    src = tmp_path / "in"
+    src.mkdir()
+    ffmpeg("-stream_loop", "3", "-i", str(clips["vga"]), "-vf", "scale=320:240", "-frames:v", "480", *_ENC,
+           str(src / "long.mp4"))
+    for i in range(4):
+        _cut(clips["noface"], src / f"short{i}.mp4", 20)
+    out = tmp_path / "out"
+    proc = run_cli("batch", str(src), "--out", str(out), "--parallel", "2", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = _report(out)
+    assert report["done"] == 5 and not report["failed"]
+    done = {json.loads(p.read_text())["rel"]: p.stat().st_mtime_ns for p in (out / ".job" / "done").glob("*.json")}
+    assert max(done[f"short{i}.mp4"] for i in range(4)) < done["long.mp4"]  # committed while the long one ran
+    faces = pd.read_parquet(out / "faces.parquet")
+    assert faces.groupby("source").size().to_dict() == {"long.mp4": 480}
+    assert _events_faces(out)["long.events.jsonl"] == 480
+    for i in range(4):
+        assert len((out / f"short{i}.events.jsonl").read_text().splitlines()) == 20
+
+
 def test_ctrl_c_exits_130_and_keeps_the_finished_inputs(clips: dict[str, Path], tmp_path: Path) -> None:
     src = tmp_path / "in"
     for i in range(6):

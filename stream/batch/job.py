@@ -1,4 +1,4 @@
-"""A batch job: its folder state, the work on one group of inputs, and the loop that drives it.
+"""A batch job: its folder state, the work on its inputs (one pipeline kept full), and the loop that drives it.
 
 The job folder ``DIR/.job/`` holds a lock (one job writes a folder at a time),
 one done-marker per finished input (``done/<key>.json``: the input's path, size
@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +33,15 @@ from stream.capture.spec import SourceSpec
 from stream.config import Config
 from stream.errors import ConfigError, OutputError, StreamError
 from stream.render.outputs import partial_path, write_output
+from stream.summary import RunSummary
 
-__all__ = ["BatchOptions", "JobFolder", "JobReport", "Outcome", "process_group", "run_batch"]
+__all__ = ["BatchOptions", "JobFolder", "JobReport", "Outcome", "process_group", "process_inputs", "run_batch"]
 
 log = logging.getLogger(__name__)
 
 DONE, FAILED, INTERRUPTED = "done", "failed", "interrupted"
+#: Inputs run through one pipeline in process (at least 4 x ``parallel``), then a new one starts.
+INPUTS_PER_PIPELINE = 32
 
 
 @dataclass(frozen=True)
@@ -185,73 +189,231 @@ def _partial_leftovers(paths: Sequence[Path]) -> None:
 def process_group(items: Sequence[InputFile], out_dir: Path, config: Config, models: Any, *,
                   video: bool, max_frames: int | None = None,
                   interrupt: threading.Event | None = None) -> list[Outcome]:
-    """Run a few inputs through one pipeline (one batched inference stage); write their outputs and parts.
+    """Run a few inputs together through one pipeline; write their outputs and parts.
 
-    A source that cannot be opened makes the whole group fail to start, so the group is
-    then retried one input at a time: each failure is pinned on its own input.
+    :func:`process_inputs` with every input at once; the outcomes in the inputs' order.
+    """
+    order = {item.key: i for i, item in enumerate(items)}
+    outcomes = process_inputs(items, out_dir, config, models, parallel=max(1, len(items)), video=video,
+                              max_frames=max_frames, interrupt=interrupt)
+    return sorted(outcomes, key=lambda o: order[o.key])
+
+
+def process_inputs(items: Sequence[InputFile], out_dir: Path, config: Config, models: Any, *, parallel: int,
+                   video: bool, max_frames: int | None = None,
+                   interrupt: threading.Event | None = None) -> Iterator[Outcome]:
+    """Run inputs through one pipeline (one batched inference stage), ``parallel`` at a time.
+
+    As soon as an input ends the next one joins the running pipeline (:meth:`Pipeline.add_source`),
+    so the inference stage stays full instead of waiting for the longest input of a group. Each
+    outcome comes when its input is done: its outputs are published and its dataset part written
+    (the caller then commits it). An input that cannot be opened fails alone, at once.
 
     Args:
-        items: The inputs.
+        items: The inputs, in the order they are started.
         out_dir: The job's output folder.
         config: Configuration (``output.video`` matching ``video``).
         models: Loaded :class:`stream.pipeline.Models`.
+        parallel: Inputs in the pipeline at once.
         video: Write the annotated video (or image).
         max_frames: Stop each input after this many frames.
-        interrupt: Ends the pipeline early; its inputs come back ``interrupted``.
+        interrupt: Ends the pipeline early: the inputs in it come back ``interrupted`` (their outputs
+            stay partial: they are redone), those not started get no outcome.
 
-    Returns:
-        One outcome per input, in order.
+    Yields:
+        One outcome per input started (and per input not started when the inference stage failed).
     """
-    from stream.batch.dataset import input_tables, write_part
     from stream.pipeline import Pipeline, RunOptions
 
-    labels = list(models.classifier.labels)
-    share_labels = labels + (["uncertain"] if config.classifier.uncertain_below > 0 else [])
-    heads = [[name, list(parts)] for name, parts in models.classifier.contract.heads]  # more columns
-    images, specs = [], []
-    for i, item in enumerate(items):
+    parts = _PartWriter(out_dir, config, models)
+    specs = {}
+    for n, item in enumerate(items):
         image = is_image_file(Path(item.path))
         annotated, events = item.outputs(out_dir, image)
         _partial_leftovers([annotated, events])
-        images.append(image)
-        specs.append(SourceSpec(item.path, name=f"input{i}", output=annotated if video else None, events=events,
-                                max_frames=max_frames))
-    t0 = time.perf_counter()
+        specs[item.key] = (SourceSpec(item.path, name=f"input{n}", output=annotated if video else None,
+                                      events=events, max_frames=max_frames), image)
+    finish = threading.Event()  # every input done, or the interrupt: the pipeline (kept open till then) ends
+    feeder = _Feeder(items, specs, parallel, interrupt, finish)
+    # An input the interrupt cuts short is not published: its outputs stay partial, it is redone.
+    options = RunOptions(display=False, interrupt=finish, publish_interrupted=False, keep_open=True)
+    pipeline = Pipeline([], config, options, models, observers=[feeder])
+    failure = ""
     try:
-        # An input the interrupt cuts short is not published: its outputs stay partial, it is redone.
-        options = RunOptions(display=False, interrupt=interrupt, publish_interrupted=False)
-        summaries = Pipeline(specs, config, options, models).run()
-    except StreamError as err:
-        if len(items) == 1:
-            return [Outcome(items[0].key, items[0].rel, FAILED, reason=str(err))]
-        return [o for item in items for o in process_group([item], out_dir, config, models, video=video,
-                                                              max_frames=max_frames, interrupt=interrupt)]
-    seconds = (time.perf_counter() - t0) / len(items)
-    outcomes = []
-    for item, spec, summary, image in zip(items, specs, summaries, images, strict=True):
+        with pipeline:
+            feeder.begin(pipeline)
+            try:
+                for _ in pipeline:
+                    for done in feeder.take():
+                        yield parts.outcome(*done)
+            except BaseException:
+                finish.set()  # before the pipeline closes: the feeder adds nothing more
+                raise
+    except StreamError as err:  # the inference stage failed: every input not done fails with it
+        failure = str(err)
+    finally:
+        feeder.close()
+    for done in feeder.take():
+        yield parts.outcome(*done)
+    for entry in feeder.running.values():  # cut short by the interrupt (or the failure)
+        summary = pipeline.summaries[entry.source_id]
+        if failure and not summary.interrupted and summary.error is None:
+            summary.error = StreamError(failure)
+        yield parts.outcome(entry, summary, "")
+    if failure:
+        for item in feeder.todo:
+            yield Outcome(item.key, item.rel, FAILED, reason=failure)
+    elif feeder.error is not None:
+        raise feeder.error
+
+
+@dataclass
+class _Input:
+    """An input on its way through the pipeline."""
+
+    item: InputFile
+    spec: SourceSpec
+    image: bool
+    t_start_s: float = 0.0
+    source_id: int = -1
+
+
+class _Feeder(threading.Thread):
+    """Keeps ``parallel`` inputs in the pipeline: adds the next as soon as one ends (an observer of it).
+
+    The adding is done on this thread (:meth:`Pipeline.add_source` waits for the consuming thread,
+    which serves it between two results); the observer calls, on the consuming thread, only move
+    entries and wake it. When every input is done, or the interrupt is set, it sets ``finish``.
+    """
+
+    wants_images = False
+
+    def __init__(self, items: Sequence[InputFile], specs: dict[str, tuple[SourceSpec, bool]], parallel: int,
+                 interrupt: threading.Event | None, finish: threading.Event) -> None:
+        super().__init__(name="batch-feeder", daemon=True)
+        self.todo = deque(items)
+        self.specs = specs
+        self.parallel = parallel
+        self.interrupt = interrupt
+        self.finish = finish
+        self.pipeline: Any = None
+        self.error: BaseException | None = None
+        self.running: dict[int, _Input] = {}
+        self._pending: dict[str, _Input] = {}  # by source name, until the pipeline has it
+        self._done: deque[tuple[_Input, RunSummary | None, str]] = deque()
+        self._guard = threading.Lock()
+        self._woken = threading.Event()
+        self._closing = threading.Event()
+
+    def begin(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.start()
+
+    def close(self) -> None:
+        self._closing.set()
+        self._woken.set()
+        if self.is_alive():
+            self.join(timeout=60)
+
+    def take(self) -> list[tuple[_Input, RunSummary | None, str]]:
+        """The inputs done since the last call: (input, its final summary, or None and why it did not open)."""
+        out = []
+        while self._done:
+            out.append(self._done.popleft())
+        return out
+
+    def run(self) -> None:
+        try:
+            while not self._closing.is_set():
+                self._woken.clear()
+                if self.interrupt is not None and self.interrupt.is_set():
+                    self.finish.set()
+                    return
+                with self._guard:
+                    busy = len(self.running) + len(self._pending)
+                if busy == 0 and not self.todo:
+                    self.finish.set()  # every input is done: the pipeline ends
+                    return
+                if busy < self.parallel and self.todo and not self.finish.is_set():
+                    self._add(self.todo.popleft())
+                    continue
+                self._woken.wait(0.2)
+        except BaseException as err:  # a bug: the pipeline ends, the caller raises it
+            self.error = err
+            self.finish.set()
+
+    def _add(self, item: InputFile) -> None:
+        spec, image = self.specs[item.key]
+        entry = _Input(item, spec, image, time.perf_counter())
+        with self._guard:
+            self._pending[spec.name] = entry
+        try:
+            self.pipeline.add_source(spec)
+        except StreamError as err:
+            with self._guard:
+                self._pending.pop(spec.name, None)
+            if self.finish.is_set() or self._closing.is_set():
+                self.todo.appendleft(item)  # the pipeline is ending: not started
+            else:
+                self._done.append((entry, None, str(err)))  # cannot be opened: fails alone
+
+    # -- Observer (the pipeline's consuming thread) ------------------------------------------------
+
+    def on_start(self, summaries: list[RunSummary]) -> None:
+        pass
+
+    def on_source_added(self, summary: RunSummary) -> None:
+        with self._guard:
+            entry = self._pending.pop(summary.name, None)
+            if entry is not None:
+                entry.source_id = summary.source_id
+                self.running[summary.source_id] = entry
+
+    def on_result(self, result: Any, summary: RunSummary) -> None:
+        pass
+
+    def on_source_end(self, summary: RunSummary) -> None:
+        with self._guard:
+            entry = self.running.pop(summary.source_id, None)
+        if entry is not None:
+            self._done.append((entry, summary, ""))  # its outputs are published by now
+            self._woken.set()
+
+
+class _PartWriter:
+    """An input's outcome from its summary: its dataset part written from its event log."""
+
+    def __init__(self, out_dir: Path, config: Config, models: Any) -> None:
+        self.out_dir = Path(out_dir)
+        self.labels = list(models.classifier.labels)
+        self.share_labels = self.labels + (["uncertain"] if config.classifier.uncertain_below > 0 else [])
+        self.heads = [[name, list(parts)] for name, parts in models.classifier.contract.heads]  # more columns
+
+    def outcome(self, entry: _Input, summary: RunSummary | None, reason: str) -> Outcome:
+        from stream.batch.dataset import input_tables, write_part
+
+        item, spec = entry.item, entry.spec
+        if summary is None:
+            return Outcome(item.key, item.rel, FAILED, reason=reason)
         common: dict[str, Any] = {"key": item.key, "rel": item.rel, "frames": summary.frames_processed,
-                                  "faces": summary.faces, "seconds": seconds}
+                                  "faces": summary.faces, "seconds": round(time.perf_counter() - entry.t_start_s, 3)}
         if summary.interrupted:
-            outcomes.append(Outcome(status=INTERRUPTED, **common))
-            continue
+            return Outcome(status=INTERRUPTED, **common)
         if summary.error is not None:
-            outcomes.append(Outcome(status=FAILED, reason=str(summary.error), **common))
-            continue
+            return Outcome(status=FAILED, reason=str(summary.error), **common)
         assert spec.events is not None
         if not spec.events.is_file():
-            outcomes.append(Outcome(status=FAILED, reason=f"source '{item.path}': no frame was processed", **common))
-            continue
+            return Outcome(status=FAILED, reason=f"source '{item.path}': no frame was processed", **common)
         try:
-            tables = input_tables(spec.events, item.rel, labels, share_labels, image=image, heads=heads)
-            write_part_to = Path(out_dir) / ".job" / "parts" / item.key
-            write_part(tables, labels, share_labels, write_part_to, heads=heads)
+            tables = input_tables(spec.events, item.rel, self.labels, self.share_labels, image=entry.image,
+                                  heads=self.heads)
+            write_part(tables, self.labels, self.share_labels, self.out_dir / ".job" / "parts" / item.key,
+                       heads=self.heads)
         except OutputError as err:
-            outcomes.append(Outcome(status=FAILED, reason=str(err), **common))
-            continue
-        outcomes.append(Outcome(status=DONE, warning=summary.warning, video_row=tables.video,
-                                outputs=[str(p) for p in summary.outputs], labels=labels,
-                                share_labels=share_labels, heads=heads, **common))
-    return outcomes
+            return Outcome(status=FAILED, reason=str(err), **common)
+        return Outcome(status=DONE, warning=summary.warning, video_row=tables.video,
+                       outputs=[str(p) for p in summary.outputs], labels=self.labels,
+                       share_labels=self.share_labels, heads=self.heads, **common)
 
 
 @dataclass
@@ -344,7 +506,8 @@ def run_batch(inputs: Sequence[InputFile], out_dir: Path, config: Config, option
         prints = {item.key: fingerprint(item.path) for item in todo}
         for item in todo:
             job.forget(item)
-        # Big files first and together: a group ends when its longest input does.
+        # Big files first: the longest inputs do not start last (in process the next input joins as soon
+        # as one ends; on Ray a group ends when its longest input does).
         todo.sort(key=lambda i: -(prints[i.key] or (0, 0))[0])
         groups = [todo[i:i + options.parallel] for i in range(0, len(todo), options.parallel)]
         executor = _executor(out_dir, config, options, models, interrupt, report, ray_runner)
@@ -410,11 +573,17 @@ def _executor(out_dir: Path, config: Config, options: BatchOptions, models: Any,
         from stream.pipeline import load_models
 
         loaded = models or load_models(config)  # once for the whole job
-        for group in groups:
+        todo = [item for group in groups for item in group]
+        # The next input joins as soon as one ends (no group waits for its longest input). A new pipeline
+        # every so many inputs: one keeps a little of each source it ran (its summary; with --video its
+        # last frame), so a job of any length stays within bounded memory.
+        per_pipeline = max(INPUTS_PER_PIPELINE, 4 * options.parallel)
+        for start in range(0, len(todo), per_pipeline):
             if interrupt.is_set():
                 return
-            yield from process_group(group, out_dir, config, loaded, video=options.video,
-                                     max_frames=options.max_frames, interrupt=interrupt)
+            yield from process_inputs(todo[start:start + per_pipeline], out_dir, config, loaded,
+                                      parallel=options.parallel, video=options.video,
+                                      max_frames=options.max_frames, interrupt=interrupt)
 
     return in_process
 
