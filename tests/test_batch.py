@@ -285,8 +285,13 @@ def test_ray_job_gives_the_same_dataset_as_in_process(first_job: tuple[subproces
     ray_faces, local_faces = _dataset(tmp_path / "out"), _dataset(first_job[1])
     keys = ["source", "frame", "track_id", "label"]
     pd.testing.assert_frame_equal(ray_faces[keys], local_faces[keys])
-    numbers = [c for c in ray_faces.columns if c not in keys]
+    # Which inputs share a detector batch differs between the runs (and with the inference workers'
+    # timing): the detector's float kernels differ by ~1e-4 px with the batch, the crop's uint8 pixels
+    # can round the other way, and the int8 classifier moves by up to ~0.02 on such a crop.
+    probs = [c for c in ray_faces.columns if c.startswith("prob_")]
+    numbers = [c for c in ray_faces.columns if c not in keys and c not in probs]
     pd.testing.assert_frame_equal(ray_faces[numbers], local_faces[numbers], atol=2e-3, rtol=0)
+    pd.testing.assert_frame_equal(ray_faces[probs], local_faces[probs], atol=0.03, rtol=0)
 
 
 def test_a_killed_ray_worker_is_replaced_and_nothing_is_lost(clips: dict[str, Path], ray_address: str,
