@@ -106,7 +106,7 @@ def costs(images: list[np.ndarray], batch: int, config: Config, work: Path) -> d
     count = 0
     for start in range(0, len(images) - batch + 1, batch):
         chunk = images[start:start + batch]
-        plans = [detector.views(im.shape[1], im.shape[0]) for im in chunk]
+        plans = [detector.views(im.shape[1], im.shape[0], False) for im in chunk]  # video frames
         parts = []
         for k, net in enumerate(detector.nets):
             owners = [(i, v) for i, plan in enumerate(plans) for v in plan if v.net == k]

@@ -97,15 +97,17 @@ class DetectorConfig:
     score_threshold: float = 0.5
     nms_iou: float = 0.3
     min_face_px: int = 12
-    # Small faces (stream/infer/detect.py FaceDetector): auto = one pass below tiles_above_px, tiles above.
+    # Small faces (stream/infer/detect.py FaceDetector): auto = tiles for still images from tiles_above_px and
+    # for video frames from video_tiles_above_px, one pass below.
     strategy: Literal["auto", "single", "full_range", "tiles"] = "auto"
     tiles_above_px: int = 960
+    video_tiles_above_px: int = 1600
     small_face_px: int = 20
 
     def validate(self, key: str) -> None:
         _unit_interval(self, key, "score_threshold", "nms_iou")
         _non_negative(self, key, "min_face_px")
-        _positive(self, key, "tiles_above_px", "small_face_px")
+        _positive(self, key, "tiles_above_px", "video_tiles_above_px", "small_face_px")
 
 
 @dataclass(frozen=True)

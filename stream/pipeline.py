@@ -111,14 +111,17 @@ def load_models(config: Config) -> Models:
             "tensorrt": {"trt_fp16_enable": str(rt.tensorrt_fp16), "trt_engine_cache_enable": "True",
                          "trt_engine_cache_path": str(rt.tensorrt_cache_dir.expanduser())}}
     uint8 = rt.uint8_input == "on" or (rt.uint8_input == "auto" and gpu)
-    detector = FaceDetector.from_path(config.detector.model, rt.providers, rt.intra_op_threads,
-                                      config.detector.score_threshold, config.detector.nms_iou,
-                                      config.detector.min_face_px, provider_opts=opts, uint8_input=uint8,
-                                      buckets=BatchBuckets.for_batch(rt.batch_size, bucketed))
+    det = config.detector
+    detector = FaceDetector.from_path(det.model, rt.providers, rt.intra_op_threads, det.score_threshold, det.nms_iou,
+                                      det.min_face_px, provider_opts=opts, uint8_input=uint8,
+                                      buckets=BatchBuckets.for_batch(rt.batch_size, bucketed), strategy=det.strategy,
+                                      small_face_px=det.small_face_px, tiles_above_px=det.tiles_above_px,
+                                      video_tiles_above_px=det.video_tiles_above_px)
     classifier = EmotionClassifier.from_path(config.classifier.model, rt.providers, rt.intra_op_threads,
                                              provider_opts=opts, uint8_input=uint8,
                                              buckets=BatchBuckets.for_batch(4 * rt.batch_size, bucketed),
-                                             align=config.classifier.align)
+                                             align=config.classifier.align,
+                                             min_face_px=config.classifier.min_face_px)
     detector.warm_up((1, rt.batch_size))
     classifier.warm_up((1, 4))
     return Models(detector, classifier)

@@ -27,6 +27,8 @@ class Frame:
         t_capture_s: ``time.perf_counter()`` when the frame was decoded.
         image_bgr: The pixels, HxWx3 uint8 BGR.
         source_id: Position of the source in the pipeline's source list (stable for the run).
+        still: A still image (not a video frame): the detector may spend more on it
+            (``detector.tiles_above_px`` against ``video_tiles_above_px``).
     """
 
     source: str
@@ -35,6 +37,7 @@ class Frame:
     t_capture_s: float
     image_bgr: np.ndarray
     source_id: int = 0
+    still: bool = False
 
     @property
     def size_wh(self) -> tuple[int, int]:

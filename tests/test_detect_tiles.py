@@ -138,7 +138,7 @@ def test_faces_below_the_classifier_minimum_are_labelled_too_small(face: tuple[n
     paste(frame, face, 60, 1200, 500)
 
     class Detector:
-        def detect(self, images: list[np.ndarray]) -> list:
+        def detect(self, images: list[np.ndarray], still: list[bool] | None = None) -> list:
             return FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx", min_face_px=0,
                                           strategy="tiles", small_face_px=12).detect(images)
 
@@ -181,3 +181,17 @@ def test_loading_defaults_match_the_config_defaults() -> None:
         cfg.strategy, cfg.small_face_px, cfg.tiles_above_px)
     assert inspect.signature(EmotionClassifier.from_path).parameters["min_face_px"].default == \
         ClassifierConfig().min_face_px
+
+
+def test_auto_tiles_still_images_from_960_px_and_video_from_1600() -> None:
+    # A 720p webcam stays one view (real time); a group photo and a 1080p room camera are tiled.
+    from stream.config import Config
+    from stream.pipeline import load_models
+
+    detector = load_models(Config()).detector
+    assert detector.resolve(640, 480, still=True) == "single"
+    assert detector.resolve(1000, 667, still=True) == "tiles" and detector.resolve(1280, 720, still=False) == "single"
+    assert detector.resolve(1920, 1080, still=False) == "tiles"
+    # The detector: keys of the config reach the models.
+    forced = load_models(Config().with_overrides({"detector.strategy": "single", "classifier.min_face_px": 30}))
+    assert forced.detector.resolve(1920, 1080, still=True) == "single" and forced.classifier.min_face_px == 30

@@ -47,6 +47,7 @@ class CaptureThread(Worker):
         super().__init__(f"capture-{source_id}", maxsize, stop, source_id=source_id, on_put=on_put)
         self.source = source
         self.open_first = open_first
+        self.still = not source.live and source.frame_count == 1  # a still image
         self.max_frames = max_frames
         self.captured = 0
         self.dropped = 0
@@ -66,7 +67,7 @@ class CaptureThread(Worker):
                 return EndOfStream("eof", warning=self.source.warning, source_id=self.source_id)
             image, t_media_s = item
             frame = Frame(self.source.name, self.captured, t_media_s, time.perf_counter(), image,
-                          self.source_id or 0)
+                          self.source_id or 0, still=self.still)
             self.captured += 1
             if self.source.live:
                 self._put_newest(frame)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +154,10 @@ class FaceDetector:
       pass takes over. Tile views of every frame go into one model call; detections on an edge
       shared with another tile are dropped, and all views' faces are merged by the same
       weighted NMS.
-    * ``auto``: ``single`` for frames whose longer side is under ``tiles_above_px``, else ``tiles``.
+    * ``auto``: ``tiles`` for still images whose longer side is at least ``tiles_above_px`` and for
+      video frames from ``video_tiles_above_px`` (tiles cost 25-60x one view: a 720p webcam
+      stays one view and real time, a 1080p room camera and a group photo get their small
+      faces), else ``single``.
 
     Args:
         session: An ONNX Runtime session of a BlazeFace model with a dynamic batch axis.
@@ -163,7 +167,8 @@ class FaceDetector:
         strategy: One of :data:`STRATEGIES`.
         tile_session: The model for tiles and ``full_range`` (None: ``session`` itself).
         small_face_px: The smallest face (source pixels) the tiles are sized for.
-        tiles_above_px: ``auto`` tiles frames whose longer side is at least this.
+        tiles_above_px: ``auto`` tiles still images whose longer side is at least this.
+        video_tiles_above_px: ``auto`` tiles video frames whose longer side is at least this.
         tile_score_threshold: Minimum confidence of a face found by the tile model in ``tiles``
             (its tiles and its whole-frame view; at least ``score_threshold``): dozens of views a
             frame give dozens of chances for a false face. On 96 frames without a face (720p) the
@@ -175,7 +180,8 @@ class FaceDetector:
     def __init__(self, session: ort.InferenceSession, score_threshold: float = 0.5, nms_iou: float = 0.3,
                  min_face_px: int = 0, *, name: str = "detector", buckets: BatchBuckets | None = None,
                  strategy: str = "single", tile_session: ort.InferenceSession | None = None,
-                 small_face_px: int = 20, tiles_above_px: int = 960, tile_score_threshold: float = 0.55) -> None:
+                 small_face_px: int = 20, tiles_above_px: int = 960, video_tiles_above_px: int = 1600,
+                 tile_score_threshold: float = 0.55) -> None:
         if strategy not in STRATEGIES:
             raise ModelError(f"detector strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         self.buckets = buckets or BatchBuckets()
@@ -193,8 +199,9 @@ class FaceDetector:
         self.strategy = strategy
         self.small_face_px = max(1, small_face_px)
         self.tiles_above_px = tiles_above_px
+        self.video_tiles_above_px = video_tiles_above_px
         self.tile_score_threshold = max(score_threshold, tile_score_threshold)
-        self._plans: dict[tuple[int, int], list[_View]] = {}
+        self._plans: dict[tuple[int, int, bool], list[_View]] = {}
         self._buffers = threading.local()  # each inference worker fills its own input batches
 
     @classmethod
@@ -202,7 +209,8 @@ class FaceDetector:
                   score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 0, *,
                   provider_opts: dict[str, dict[str, str]] | None = None, buckets: BatchBuckets | None = None,
                   uint8_input: bool = False, strategy: str = "auto", tile_model: Path | None = None,
-                  small_face_px: int = 20, tiles_above_px: int = 960) -> FaceDetector:
+                  small_face_px: int = 20, tiles_above_px: int = 960,
+                  video_tiles_above_px: int = 1600) -> FaceDetector:
         """Load a BlazeFace ONNX file. Raises ModelError if it is missing or not BlazeFace.
 
         With ``uint8_input`` the model takes the letterboxed uint8 frames and normalises
@@ -225,7 +233,7 @@ class FaceDetector:
                 tile_session = load(tile_path)
         return cls(session, score_threshold, nms_iou, min_face_px, name=str(path), buckets=buckets,
                    strategy=strategy, tile_session=tile_session, small_face_px=small_face_px,
-                   tiles_above_px=tiles_above_px)
+                   tiles_above_px=tiles_above_px, video_tiles_above_px=video_tiles_above_px)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run once per batch size (every bucket, with buckets) so the first real frames are not slow."""
@@ -233,28 +241,29 @@ class FaceDetector:
             for size in self.buckets.sizes or batch_sizes:
                 net.infer(np.zeros((size, net.size, net.size, 3), np.uint8))
 
-    def resolve(self, width: int, height: int) -> str:
-        """The strategy a ``width`` x ``height`` frame gets (``auto`` resolved)."""
+    def resolve(self, width: int, height: int, still: bool = True) -> str:
+        """The strategy a ``width`` x ``height`` still image (or video frame) gets (``auto`` resolved)."""
         if self.strategy != "auto":
             return self.strategy
-        return "tiles" if max(width, height) >= self.tiles_above_px else "single"
+        above = self.tiles_above_px if still else self.video_tiles_above_px
+        return "tiles" if max(width, height) >= above else "single"
 
-    def views(self, width: int, height: int) -> list[_View]:
+    def views(self, width: int, height: int, still: bool = True) -> list[_View]:
         """The model inputs a frame of this size is cut into (cached per size)."""
-        key = (width, height)
+        key = (width, height, still)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plan(width, height)
+            plan = self._plan(width, height, still)
             if len(self._plans) > 64:
                 self._plans.clear()
             self._plans[key] = plan
         return plan
 
-    def _plan(self, w: int, h: int) -> list[_View]:
+    def _plan(self, w: int, h: int, still: bool = True) -> list[_View]:
         """``single``/``full_range``: one letterboxed view. ``tiles``: the letterboxed view for the large
         faces, then tile levels from the finest (a ``small_face_px`` face at the tile model's smallest
         reliable size) down, each 3x coarser, until a level reaches the faces the whole view finds."""
-        strategy = self.resolve(w, h)
+        strategy = self.resolve(w, h, still)
         longer = max(w, h)
         tile = self.nets[self._tile]
         if strategy == "full_range":
@@ -296,18 +305,21 @@ class FaceDetector:
                          min_score=self.score_threshold)
         return views
 
-    def detect(self, images_bgr: list[np.ndarray]) -> list[list[Detection]]:
+    def detect(self, images_bgr: list[np.ndarray], still: Sequence[bool] | None = None) -> list[list[Detection]]:
         """Find faces in every image with one model call per model.
 
         Args:
             images_bgr: HxWx3 uint8 BGR frames (sizes may differ).
+            still: Per image, whether it is a still image rather than a video frame (``auto``
+                tiles stills from a smaller size); None: all are stills.
 
         Returns:
             For each image, its faces in source pixels, best first.
         """
         if not images_bgr:
             return []
-        plans = [self.views(im.shape[1], im.shape[0]) for im in images_bgr]
+        stills = [True] * len(images_bgr) if still is None else list(still)
+        plans = [self.views(im.shape[1], im.shape[0], s) for im, s in zip(images_bgr, stills, strict=True)]
         parts = []
         for k, net in enumerate(self.nets):
             owners = [(i, v) for i, plan in enumerate(plans) for v in plan if v.net == k]
