@@ -35,7 +35,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -56,6 +56,7 @@ __all__ = [
     "episodes_text",
     "label_runs",
     "log_name",
+    "read_event_log",
     "write_episodes",
 ]
 
@@ -65,6 +66,50 @@ log = logging.getLogger(__name__)
 MAX_EVENT_LOG_BYTES = 2 << 30
 #: Longest line of an event log (a frame with a few hundred faces).
 MAX_EVENT_LINE_BYTES = 1 << 20
+
+
+def read_event_log(path: Path) -> Iterator[tuple[int, Any]]:
+    """Each line of a JSON Lines event log as ``(line number, parsed JSON)``: the one reader of event logs
+    (the episodes, the report and the batch dataset use it).
+
+    The file is read as every user file is (a regular file, at most :data:`MAX_EVENT_LOG_BYTES`,
+    lines of at most :data:`MAX_EVENT_LINE_BYTES`); blank lines are skipped, and a last line cut
+    short by a crash (no newline at its end) is skipped with a warning.
+
+    Raises:
+        DataError: The file is missing, unreadable or too large, or a line is not JSON.
+    """
+    path = Path(path)
+    shown = printable(str(path))
+    read = 0
+    with open_user_file(path, "event log", max_bytes=MAX_EVENT_LOG_BYTES, error=DataError) as fh:
+        for number in itertools.count(1):
+            try:
+                raw = fh.readline(MAX_EVENT_LINE_BYTES + 1)
+            except OSError as err:
+                raise DataError(f"event log '{shown}' could not be read: {err.strerror or err}") from None
+            if not raw:
+                break
+            read += len(raw)
+            if read > MAX_EVENT_LOG_BYTES:
+                raise DataError(f"event log '{shown}' is larger than {MAX_EVENT_LOG_BYTES >> 20} MB")
+            if len(raw) > MAX_EVENT_LINE_BYTES:
+                raise DataError(f"event log '{shown}' line {number}: longer than "
+                                f"{MAX_EVENT_LINE_BYTES >> 10} KB: not a frame record")
+            complete = raw.endswith(b"\n")
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                if not complete:
+                    log.warning("event log '%s': last line %d is cut short; skipped", shown, number)
+                    break
+                why = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+                raise DataError(f"event log '{shown}' line {number}: not JSON ({why})") from None
+            except RecursionError:
+                raise DataError(f"event log '{shown}' line {number}: nested too deeply") from None
+            yield number, record
 
 
 @dataclass(frozen=True)
@@ -144,38 +189,9 @@ class EventTable:
         Raises:
             DataError: The file is missing, unreadable, empty, or a line is not a valid frame record.
         """
-        path = Path(path)
-        shown = printable(str(path))
-        builder = _Builder(path)
-        read = 0
-        with open_user_file(path, "event log", max_bytes=MAX_EVENT_LOG_BYTES, error=DataError) as fh:
-            for number in itertools.count(1):
-                try:
-                    raw = fh.readline(MAX_EVENT_LINE_BYTES + 1)
-                except OSError as err:
-                    raise DataError(f"event log '{shown}' could not be read: {err.strerror or err}") from None
-                if not raw:
-                    break
-                read += len(raw)
-                if read > MAX_EVENT_LOG_BYTES:
-                    raise DataError(f"event log '{shown}' is larger than {MAX_EVENT_LOG_BYTES >> 20} MB")
-                if len(raw) > MAX_EVENT_LINE_BYTES:
-                    raise DataError(f"event log '{shown}' line {number}: longer than "
-                                    f"{MAX_EVENT_LINE_BYTES >> 10} KB: not a frame record")
-                complete = raw.endswith(b"\n")
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                    if not complete:
-                        log.warning("event log '%s': last line %d is cut short; skipped", shown, number)
-                        break
-                    why = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
-                    raise DataError(f"event log '{shown}' line {number}: not JSON ({why})") from None
-                except RecursionError:
-                    raise DataError(f"event log '{shown}' line {number}: nested too deeply") from None
-                builder.add(record, number)
+        builder = _Builder(Path(path))
+        for number, record in read_event_log(path):
+            builder.add(record, number)
         return builder.build()
 
     @classmethod

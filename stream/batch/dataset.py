@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from stream.episodes import read_event_log
 from stream.errors import ConfigError, OutputError
 from stream.render.outputs import OutputFile, OutputGroup
 
@@ -96,7 +96,8 @@ def input_tables(events: Path, source: str, labels: Sequence[str], share_labels:
         heads: The classifier's extra heads: a ``<head>_<component>`` column per value.
 
     Raises:
-        OutputError: The log cannot be read or holds a line that is not an event record.
+        DataError: The log cannot be read (:func:`stream.episodes.read_event_log`).
+        OutputError: It holds a line that is not an event record.
     """
     cols: dict[str, list] = {name: [] for name in _faces_schema(labels, heads).names}
     head_columns = _head_columns(heads)
@@ -104,34 +105,29 @@ def input_tables(events: Path, source: str, labels: Sequence[str], share_labels:
     ts: list[float] = []
     with_faces = 0
     per_track: dict[int, list[tuple[float, str]]] = {}
-    try:
-        with open(events, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    rec = json.loads(line)
-                    frame, t, faces = int(rec["frame"]), float(rec["t"]), rec["faces"]
-                except (ValueError, KeyError, TypeError) as err:
-                    raise OutputError(f"event log '{events}' line {n} is not an event record: {err}") from err
-                frames += 1
-                ts.append(t)
-                with_faces += bool(faces)
-                for face in faces:
-                    box = face["box_xyxy"]
-                    cols["source"].append(source)
-                    cols["frame"].append(frame)
-                    cols["t_s"].append(t)
-                    cols["track_id"].append(int(face["id"]))
-                    for name, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
-                        cols[name].append(v)
-                    cols["score"].append(face["score"])
-                    cols["label"].append(face["label"])
-                    for label in labels:
-                        cols[f"prob_{label}"].append(face["probs"].get(label))
-                    for column, head, part in head_columns:
-                        cols[column].append((face.get(head) or {}).get(part))
-                    per_track.setdefault(int(face["id"]), []).append((t, face["label"]))
-    except OSError as err:
-        raise OutputError(f"event log '{events}' could not be read: {err.strerror or err}") from err
+    for n, rec in read_event_log(events):  # DataError for a file that is not a readable event log
+        try:
+            frame, t, faces = int(rec["frame"]), float(rec["t"]), rec["faces"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise OutputError(f"event log '{events}' line {n} is not an event record: {err}") from err
+        frames += 1
+        ts.append(t)
+        with_faces += bool(faces)
+        for face in faces:
+            box = face["box_xyxy"]
+            cols["source"].append(source)
+            cols["frame"].append(frame)
+            cols["t_s"].append(t)
+            cols["track_id"].append(int(face["id"]))
+            for name, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
+                cols[name].append(v)
+            cols["score"].append(face["score"])
+            cols["label"].append(face["label"])
+            for label in labels:
+                cols[f"prob_{label}"].append(face["probs"].get(label))
+            for column, head, part in head_columns:
+                cols[column].append((face.get(head) or {}).get(part))
+            per_track.setdefault(int(face["id"]), []).append((t, face["label"]))
     # Duration: the last frame's time plus one frame interval (the median step), 0 for an image.
     steps = sorted(b - a for a, b in itertools.pairwise(ts))
     duration = 0.0 if image or not ts else ts[-1] - ts[0] + (steps[len(steps) // 2] if steps else 0.0)
