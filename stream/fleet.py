@@ -48,7 +48,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -61,6 +60,7 @@ from typing import Any
 from stream.capture.live import is_stream_url
 from stream.capture.sources import is_remote_file
 from stream.capture.spec import SourceSpec, unique_names
+from stream.cluster import ModelActor
 from stream.config import Config
 from stream.errors import ConfigError, ModelError, StreamError
 from stream.logtap import WarningTap
@@ -234,7 +234,7 @@ def replayable(spec: SourceSpec) -> bool:
     return is_remote_file(spec.spec) or not (spec.spec.isdigit() or is_stream_url(spec.spec))
 
 
-class FleetWorker:
+class FleetWorker(ModelActor):
     """The Ray actor: models loaded once, then one pipeline over its cameras in a thread.
 
     Args:
@@ -242,27 +242,12 @@ class FleetWorker:
     """
 
     def __init__(self, config: Config) -> None:
-        from stream.pipeline import load_models
-
-        self.config = config
-        self.error = ""
+        super().__init__(config)  # a models error is reported by start(): the driver ends the run with it
         self.tap: FleetTap | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._summaries: list[RunSummary] = []
         self._failure = ""
-        try:
-            self.models: Any = load_models(config)
-        except StreamError as err:  # reported by start(): the driver ends the run with this message
-            self.error = str(err)
-
-    def pid(self) -> int:
-        """The worker's process id."""
-        return os.getpid()
-
-    def where(self) -> str:
-        """``host:pid``, for health lines."""
-        return f"{socket.gethostname()}:{os.getpid()}"
 
     def cameras(self) -> list[str]:
         """The names of this actor's cameras (empty before :meth:`start`)."""
@@ -507,7 +492,7 @@ def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions
         OutputError: An event log cannot be written.
         ModelError: The actors could not load the models.
     """
-    from stream.batch.ray_workers import NAMESPACE, connect
+    from stream.cluster import NAMESPACE, connect
     from stream.render.record import EventLog
 
     cameras, worker_config = _prepare(specs, config, options)

@@ -300,7 +300,8 @@ def test_a_killed_ray_worker_is_replaced_and_nothing_is_lost(clips: dict[str, Pa
                                                              tmp_path: Path) -> None:
     import ray
 
-    from stream.batch.ray_workers import ACTOR_PREFIX, NAMESPACE
+    from stream.batch.ray_workers import ACTOR_PREFIX
+    from stream.cluster import NAMESPACE
 
     src = tmp_path / "in"
     for i in range(4):

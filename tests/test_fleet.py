@@ -181,7 +181,7 @@ def test_a_killed_worker_is_replaced_and_its_camera_loses_no_frame(tmp_path: Pat
     and face as the other camera's log, which plays the same clip without a restart)."""
     import ray
 
-    from stream.batch.ray_workers import NAMESPACE
+    from stream.cluster import NAMESPACE
     from stream.fleet import ACTOR_PREFIX
     from stream.render.outputs import partial_path
 
