@@ -181,21 +181,22 @@ class ModelContract:
                              "'emostream export' so the stream knows its labels and input")
         return cls.from_json(meta[CONTRACT_KEY], origin=f"classifier model '{path}'")
 
-    def preprocess(self, crops: np.ndarray, *, normalize: bool = True) -> np.ndarray:
-        """The model input for uint8 crops ``(N, H, W)`` (gray) or ``(N, H, W, 3)``: scaled and offset
-        (unless the graph normalises uint8 itself: ``normalize=False``), channel axis, layout,
-        mirror images appended with ``flip_average``. The one place this recipe is written."""
-        if normalize:
-            x = crops.astype(np.float32)
-            x *= self.normalize_scale
-            x += self.normalize_offset
-        else:
-            x = crops
+    def normalize(self, x: Any) -> Any:
+        """``x * scale + offset``: float32 pixels as the model wants them (a NumPy array or a
+        TensorFlow tensor: training normalises inside its input pipeline with this too)."""
+        return x * self.normalize_scale + self.normalize_offset
+
+    def preprocess(self, crops: np.ndarray, *, normalize: bool = True, mirrors: bool = True) -> np.ndarray:
+        """The model input for uint8 crops ``(N, H, W)`` (gray) or ``(N, H, W, C)``: normalised
+        (:meth:`normalize`; not when the graph normalises uint8 itself: ``normalize=False``), channel
+        axis, layout, and with ``flip_average`` the mirror images appended (``mirrors=False``: not).
+        The one place this recipe is written: the stream, evaluation, export and quantisation use it."""
+        x = self.normalize(crops.astype(np.float32)).astype(np.float32) if normalize else crops
         if x.ndim == 3:
             x = x[..., None]
         if self.layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return self.with_mirrors(x)
+        return self.with_mirrors(x) if mirrors else x
 
     def postprocess(self, raw: np.ndarray) -> np.ndarray:
         """Probabilities ``(N, labels)`` from the model's raw emotion output for :meth:`preprocess`'s input:

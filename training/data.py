@@ -785,8 +785,5 @@ def prepare_images(images: np.ndarray, contract: ModelContract, *, source_color:
     Returns:
         float32 array ready for the model.
     """
-    x = convert_images(images, source_color, contract.input_size_wh, contract.color).astype(np.float32)
-    x = x * np.float32(contract.normalize_scale) + np.float32(contract.normalize_offset)
-    if contract.layout == "NCHW":
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    return x
+    crops = convert_images(images, source_color, contract.input_size_wh, contract.color)
+    return contract.preprocess(crops, mirrors=False)

@@ -29,7 +29,7 @@ import numpy as np
 
 from stream.contract import ModelContract, calibrated
 from stream.errors import DataError, ModelError, OutputError
-from training.data import Color, Dataset, ferplus_majority_mask, prepare_images
+from training.data import Color, Dataset, convert_images, ferplus_majority_mask, prepare_images
 
 __all__ = [
     "ClassMetrics",
@@ -182,41 +182,23 @@ class KerasPredictor:
 
 
 class OnnxPredictor:
-    """An ONNX model carrying an emostream contract, run on the CPU provider."""
+    """An ONNX classifier run as the stream runs it (:class:`stream.infer.EmotionClassifier`: the
+    contract's own preprocess and postprocess, mirror averaging, temperature, bias), on the CPU."""
 
     def __init__(self, path: Path, *, batch_size: int = 256) -> None:
-        import onnxruntime as ort
+        from stream.infer import EmotionClassifier
 
-        from training.export import read_contract
-
-        self.contract = read_contract(path)
+        self.classifier = EmotionClassifier.from_path(Path(path))
+        self.contract = self.classifier.contract
         self.name = str(path)
         self.batch_size = batch_size
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise ModelError(f"model '{path}' could not be loaded by ONNX Runtime: {err}") from err
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelError(f"model '{path}': expected one input and one output, got "
-                             f"{len(inputs)} and {len(outputs)}")
-        self.input_name = inputs[0].name
 
     def predict(self, images: np.ndarray, *, source_color: Color) -> np.ndarray:
         """See :class:`Predictor`."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            x = self.contract.with_mirrors(
-                prepare_images(images[start:start + self.batch_size], self.contract, source_color=source_color))
-            raw = np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
-            out.append(self.contract.merge_mirrors(raw))
-        probs = np.concatenate(out) if out else np.zeros((0, len(self.contract.labels)), np.float32)
-        if probs.ndim != 2 or probs.shape[1] != len(self.contract.labels):
-            raise ModelError(f"model '{self.name}': output shape {probs.shape} does not match "
-                             f"{len(self.contract.labels)} labels")
-        return self.contract.probabilities(probs)
+        crops = convert_images(images, source_color, self.contract.input_size_wh, self.contract.color)
+        out = [self.classifier.classify(crops[start:start + self.batch_size])
+               for start in range(0, len(crops), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.contract.labels)), np.float32)
 
 
 def load_predictor(path: Path, *, contract: ModelContract | None = None) -> Predictor:

@@ -323,8 +323,6 @@ def _pipeline(
     split: Split, contract: ModelContract, batch_size: int, *, seed: int, training: bool,
     augmenter: keras.Sequential | None = None, weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    scale = np.float32(contract.normalize_scale)
-    offset = np.float32(contract.normalize_offset)
     tensors: tuple[np.ndarray, ...] = (split.images, split.targets)
     if weights is not None:
         tensors = (*tensors, weights[split.label_index].astype(np.float32))
@@ -334,7 +332,7 @@ def _pipeline(
     ds = ds.batch(batch_size)
 
     def prepare(x: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        x = tf.cast(x, tf.float32) * scale + offset
+        x = contract.normalize(tf.cast(x, tf.float32))
         if augmenter is not None:
             x = augmenter(x, training=True)
         return (x, *rest)
@@ -560,6 +558,5 @@ def _recalibration(
         return None
     n = min(len(train_split), config.bn_recalibration_samples)
     pick = np.random.default_rng(config.seed).choice(len(train_split), size=n, replace=False)
-    images = train_split.images[np.sort(pick)].astype(np.float32)
-    images = images * np.float32(contract.normalize_scale) + np.float32(contract.normalize_offset)
+    images = contract.normalize(train_split.images[np.sort(pick)].astype(np.float32)).astype(np.float32)
     return _Recalibrate(recal, images)
