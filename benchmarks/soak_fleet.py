@@ -640,7 +640,8 @@ def summarise(report: FleetReport, tails: dict[str, LogTail], rss: list[tuple[fl
         report.rss_max_mb = max(mb for _, mb in running)
         report.memory_growth_mb = round(report.rss_end_mb - report.rss_warm_mb, 1)
         report.memory_growth_after_changes_mb = round(report.rss_end_mb - report.rss_after_changes_mb, 1)
-    measured = [w for w in report.windows if w.frames and w.t_start_s >= t_first + report.warmup_s - 1e-6]
+    # Window starts are rounded to 0.1 s.
+    measured = [w for w in report.windows if w.frames and w.t_start_s >= t_first + report.warmup_s - 0.1]
     if measured:
         report.latency_p95_first_ms = measured[0].latency_p95_ms
         report.latency_p95_last_ms = measured[-1].latency_p95_ms
