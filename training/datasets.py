@@ -541,8 +541,7 @@ def load_datasets(
     channels = 1 if color == "gray" else 3
     mixed: dict[str, Split] = {}
     for split in splits:
-        pieces = [(p, p.dataset.splits.get(split)) for p in parts.values()]
-        pieces = [(p, s) for p, s in pieces if s is not None and len(s)]
+        pieces = [(p, s) for p in parts.values() if (s := p.dataset.splits.get(split)) is not None and len(s)]
         if not pieces:
             mixed[split] = Split(np.zeros((0, size_wh[1], size_wh[0], channels), np.uint8),
                                  np.zeros((0, len(labels)), np.float32))

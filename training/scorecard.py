@@ -202,7 +202,10 @@ def ferplus_rows(model: Path, ferplus: Path, uncertain_below: float | None = Non
     probs, true = predict_split(predictor, data, "test")
     labels = predictor.contract.labels
     predicted = probs.argmax(axis=1)
-    majority = ferplus_majority_mask(data.split("test").votes, merge_contempt=False)
+    votes = data.split("test").votes
+    if votes is None:
+        raise DataError(f"'{ferplus}' has no FERPlus votes for the majority rule")
+    majority = ferplus_majority_mask(votes, merge_contempt=False)
     top = probs.max(axis=1)
     return [row_from_predictions("FERPlus test (plurality)", true, predicted, labels, confidence=top,
                                  uncertain_below=uncertain_below),
