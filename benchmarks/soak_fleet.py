@@ -239,6 +239,11 @@ class SourceFigures:
     stale_skipped: int | None
     lost_unexplained: int
     final_log: bool
+    #: From the cameras' frame stamps (``benchmarks/serve_counting.py``): sent while connected, never returned.
+    sent_by_seq: int | None = None
+    seq_missing: int | None = None
+    send_span_s: float | None = None
+    unstamped: int | None = None
 
 
 @dataclass
@@ -554,6 +559,7 @@ def soak_fleet(seconds: float, *, cameras: int = 8, outages: int = 30, outage_mi
             if stderr_path.exists() else []
         counts = json.loads(counts_path.read_text()) if counts_path.exists() else {}
         stale = {name.rsplit("/", 1)[-1]: c["stale_skipped"] for name, c in counts.items()}
+        stamps = {name.rsplit("/", 1)[-1]: c for name, c in counts.items()}
         final_logs = {n: (out / f"{n}.events.jsonl").is_file() and not partial_path(out / f"{n}.events.jsonl").exists()
                       for n in names}
     report.wall_s = round(end_s, 1)
@@ -571,8 +577,12 @@ def soak_fleet(seconds: float, *, cameras: int = 8, outages: int = 30, outage_mi
     for n in names:
         if n not in ids:
             continue
-        report.sources.append(account(n, tails[n], fps, added_s.get(n), removed_s.get(n), outages_of[n],
-                                      dropped.get(n), processed.get(n), final_logs[n], stale.get(n)))
+        figures = account(n, tails[n], fps, added_s.get(n), removed_s.get(n), outages_of[n],
+                          dropped.get(n), processed.get(n), final_logs[n], stale.get(n))
+        c = stamps.get(n, {})
+        figures.sent_by_seq, figures.seq_missing = c.get("sent_by_seq"), c.get("seq_missing")
+        figures.send_span_s, figures.unstamped = c.get("send_span_s"), c.get("unstamped")
+        report.sources.append(figures)
     report.rss_samples = rss
     return summarise(report, tails, rss, [*added_s.values(), *removed_s.values()])
 
@@ -693,6 +703,17 @@ def table(report: FleetReport, every: int = 1) -> str:
         f"{report.mqtt_dropped} dropped; by topic {report.mqtt_by_kind}",
         f"load average (1/5/15 min) at start {report.load_average[:3]}, at end {report.load_average[3:]}",
     ]
+    with_stamps = [s for s in report.sources if s.sent_by_seq is not None]
+    if with_stamps:
+        sent = sum(s.sent_by_seq or 0 for s in with_stamps)
+        missing = sum(s.seq_missing or 0 for s in with_stamps)
+        stale = sum(s.stale_skipped or 0 for s in with_stamps)
+        nominal = sum(round((s.send_span_s or 0.0) * report.fps) + 1 for s in with_stamps)
+        rows.append(
+            f"by the cameras' stamps: {sent} frames sent while connected ({nominal} at {report.fps:g} frames/s "
+            f"over their send times: {nominal - sent} not sent), {missing} never returned by the readers, "
+            f"{stale} of them skipped as stale: {missing - stale} lost in between; "
+            f"{sum(s.unstamped or 0 for s in with_stamps)} frames without a readable stamp")
     if report.api_errors:
         rows.append("API errors: " + "; ".join(report.api_errors))
     return "\n".join(rows)
