@@ -35,7 +35,10 @@ to their end. The report:
   ``emostream_frames_dropped_total``). A log's records are cut into segments at each record with
   ``gap_s`` (the first frame after an outage); within a segment the camera sent
   ``(t_last - t_first) * fps + 1`` frames and ``f_last - f_first + 1`` were captured: the difference is
-  lost without an outage to explain it (a frame or two per segment is arrival-time jitter);
+  lost without an outage to explain it (a frame or two per segment is arrival-time jitter, more when
+  a stretch ends with the reader behind); the frames the readers skipped as stale are taken off it. By
+  the cameras' own frame stamps (read in serve's process by ``benchmarks/serve_counting.py``): the frames
+  each camera sent while connected, and those the reader never returned (stale skips among them);
 - **MQTT**: the publisher's own count (``mqtt_published`` of the latest health message received) against the
   messages the subscriber had received by then, plus ``mqtt_dropped``;
 - every log's frame indices strictly increasing; the added sources' logs and the removed one's final log.
