@@ -292,7 +292,9 @@ class Pipeline:
                                               batch_timeout_s=config.runtime.batch_timeout_ms / 1000.0,
                                               detect_every=config.runtime.detect_every, ready=self._wake,
                                               keep_open=options.keep_open,
-                                              workers=config.runtime.inference_workers or auto_inference_workers())
+                                              workers=config.runtime.inference_workers or (
+                                                  auto_inference_workers() if len(self._lanes) > 1 or options.keep_open
+                                                  else 1))
             for lane in self._lanes:
                 lane.capture.start()
             self._inference.start()

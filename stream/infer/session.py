@@ -65,11 +65,15 @@ def auto_threads() -> int:
 
 
 def auto_inference_workers() -> int:
-    """Batches analysed at once when the config says 0 (``runtime.inference_workers``).
+    """Batches analysed at once when the config says 0 (``runtime.inference_workers``) and there are
+    several sources (one source: one, on the stage's own thread).
 
     An ONNX Runtime call releases the GIL: with two batches in flight one's model runs while the
     other's Python work (letterbox, decoding, crops) does, so a 2-core machine uses both cores
     with one intra-op thread per call; bigger machines get a quarter of their cores (at most 8).
+    Measured on 2 cores (``benchmarks/RESULTS.md``, issue 18): 14 live streams went from 93 % to
+    98.6 % of their frames processed, 16 held in real time; a single recorded stream is bound by
+    its drawing and encoding, and a second worker only took turns with them for the GIL (-10 %).
     """
     cores = os.cpu_count() or 1
     return 2 if cores <= 4 else min(8, cores // 4)

@@ -37,8 +37,6 @@ __all__ = ["InferenceThread", "Mux", "analyse_batch", "infer_batch", "take_batch
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05
-#: While batches are in flight and no frame waits, look for frames again this often.
-_BUSY_POLL_S = 0.002
 
 Marker = EndOfStream | StageError
 
@@ -92,12 +90,15 @@ class Mux:
             self.queues.append(frames)
             self.active.add(source_id)
 
-    def take(self, stop: threading.Event, wait_s: float | None = None) -> tuple[list[Frame], list[Marker]]:
+    def take(self, stop: threading.Event, wait_s: float | None = None,
+             until: Callable[[], bool] | None = None) -> tuple[list[Frame], list[Marker]]:
         """Wait for at least one frame or marker, then fill a batch round robin.
 
         Args:
             stop: Give up waiting when it is set.
             wait_s: Give up waiting for the first frame or marker after this long (None: only on ``stop``).
+            until: Give up waiting for the first frame or marker once this is true (checked when
+                :attr:`ready` is set: whoever makes it true sets :attr:`ready` too).
 
         Returns:
             The frames, and the markers of the sources that ended (those sources are
@@ -130,7 +131,7 @@ class Mux:
                 self.ready.wait(min(wait, _POLL_S))
             else:
                 left = _POLL_S if give_up is None else give_up - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (until is not None and until()):
                     break
                 self.ready.wait(min(left, _POLL_S))
         return frames, markers
@@ -275,6 +276,8 @@ class InferenceThread(Worker):
         return self.out
 
     def produce(self) -> EndOfStream:
+        if self.workers == 1:
+            return self._one_at_a_time()
         # Batches taken, oldest first: (frames, their analysis) or (end markers, None). A batch's
         # results are tracked and emitted only when every batch taken before it has been.
         pending: deque[tuple[list[Frame], Future[list[list[Face]]]] | tuple[list[Marker], None]] = deque()
@@ -284,16 +287,31 @@ class InferenceThread(Worker):
                     if not self._emit(pending.popleft()):
                         return EndOfStream("stopped")
                     continue
-                batch, markers = self.mux.take(self.stop, wait_s=_BUSY_POLL_S if pending else None)
+                oldest = pending[0][1] if pending else None
+                batch, markers = self.mux.take(self.stop, until=oldest.done if oldest is not None else None)
                 if batch:
-                    pending.append((batch, pool.submit(self._analyse, batch)))
+                    analysis = pool.submit(self._analyse, batch)
+                    analysis.add_done_callback(lambda _: self.mux.ready.set())  # wakes take() for its results
+                    pending.append((batch, analysis))
                 if markers:
                     pending.append((markers, None))
                 if not pending and not self.mux.active and not self.mux.changing and not self.keep_open:
                     return EndOfStream("eof")
-            for _, analysis in pending:  # stopped: nothing more is emitted
-                if analysis is not None:
-                    analysis.cancel()
+            for _, waiting in pending:  # stopped: nothing more is emitted
+                if waiting is not None:
+                    waiting.cancel()
+        return EndOfStream("stopped")
+
+    def _one_at_a_time(self) -> EndOfStream:
+        """One worker: each batch analysed, tracked and emitted on this thread (no hand-off)."""
+        while not self.stop.is_set():
+            batch, markers = self.mux.take(self.stop)
+            if batch and not all(self.emit(r) for r in track_batch(batch, self._analyse(batch), self.tracker)):
+                return EndOfStream("stopped")
+            if not all(self.emit(marker) for marker in markers):
+                return EndOfStream("stopped")
+            if not self.mux.active and not self.mux.changing and not self.keep_open:
+                return EndOfStream("eof")
         return EndOfStream("stopped")
 
     def _analyse(self, batch: list[Frame]) -> list[list[Face]]:
