@@ -254,6 +254,8 @@ def test_faces_episodes_health_and_discovery(broker: Broker, subscriber: Subscri
                                                                         (50, 0, None)]
     assert faces[1]["faces"][0] == {"id": 7, "box_xyxy": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "label": "sad",
                                     "probs": {"happy": 0.1, "sad": 0.9}, "keypoints_xy": []}
+    # The face's own topic is published beside the faces topic: wait for its third message (emptied).
+    subscriber.wait_for(lambda ms: sum(m.topic == "t/cam_1/face/7" for m in ms) >= 3)
     face = [m.payload for m in subscriber.on("t/cam_1/face/7")]
     assert [json.loads(p)["label"] for p in face[:2]] == ["happy", "sad"] and face[2] == b""  # emptied: gone
     publisher.on_source_end(summary)
