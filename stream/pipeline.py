@@ -242,7 +242,7 @@ class Pipeline:
                  tb: TracebackType | None) -> None:
         if kind is not None and issubclass(kind, KeyboardInterrupt):
             for lane in self._lanes:
-                if not lane.sink.closed:
+                if not lane.ending:  # a source that ended before the interrupt is complete
                     lane.summary.interrupted = True
             self.close()
         elif kind is not None:
@@ -351,6 +351,8 @@ class Pipeline:
         self._closed = True
         for lane in self._lanes:
             lane.capture.close()
+            if not lane.capture.started:
+                lane.source.close()  # its thread would have: start() failed before it ran
             lane.summary.frames_captured = lane.capture.captured
             lane.summary.frames_dropped = lane.capture.dropped
             _never_up(lane.source, lane.summary)

@@ -109,6 +109,11 @@ class Worker:
         self.close()
 
     @property
+    def started(self) -> bool:
+        """Whether :meth:`start` ran (the thread then closes what it produces from)."""
+        return self._thread.ident is not None
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive()
 
