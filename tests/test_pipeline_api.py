@@ -152,7 +152,10 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_worker_threads_change_nothing_but_speed(models: Models, clips: dict[str, Path], tmp_path: Path) -> None:
     # Several batches analysed at once and outputs written on their own threads (what a many-core
-    # machine gets by default) give the outputs one thread gives: same frames, faces, ids, labels.
+    # machine gets by default) give the outputs one thread gives: same frames, faces and ids, labels but at near ties.
+    # Batches are made of other frames then, and ONNX Runtime's kernels round differently for another
+    # batch size: a box moves by a fraction of a pixel, a probability by up to ~0.015
+    # (measured), so a label may differ only at a near tie.
     sources = [str(clips["vga"]), str(clips["quad"]), str(clips["noface"])]
     logs = {}
     for name, inference, output in (("one", 1, 0), ("many", 3, 2)):
@@ -168,6 +171,9 @@ def test_worker_threads_change_nothing_but_speed(models: Models, clips: dict[str
         other = logs["many"][name]
         assert [r["frame"] for r in lines] == [r["frame"] for r in other]
         for a, b in zip(lines, other, strict=True):
-            assert [(f["id"], f["label"]) for f in a["faces"]] == [(f["id"], f["label"]) for f in b["faces"]]
+            assert [f["id"] for f in a["faces"]] == [f["id"] for f in b["faces"]]
             for fa, fb in zip(a["faces"], b["faces"], strict=True):
                 assert np.allclose(fa["box_xyxy"], fb["box_xyxy"], atol=0.5)
+                assert np.allclose(list(fa["probs"].values()), list(fb["probs"].values()), atol=0.03)
+                first, second = sorted(fa["probs"].values())[-2:][::-1]
+                assert fa["label"] == fb["label"] or first - second < 0.03
