@@ -5,7 +5,7 @@ outputs ``emostream serve`` writes (annotated video + event log). Two modes, alt
 ``--repeats`` times, each measured over ``--seconds`` after ``--warmup`` seconds:
 
 - ``pipeline``: ``Pipeline`` alone;
-- ``dashboard``: the same with the :class:`~stream.serve.Dashboard` observer and the uvicorn
+- ``dashboard``: the same with the :class:`~stream.serve.Dashboard` sink and the uvicorn
   server in this process, and one client (a subprocess, not counted) pulling the MJPEG
   stream at ``--stream-fps`` and the Server-Sent Events, as the page does.
 
@@ -58,7 +58,7 @@ pull(f"/stream/0.mjpg?fps={fps}", frames)
 
 
 class _Probe:
-    """Keeps the run's summaries (an observer that does nothing per frame)."""
+    """Keeps the run's summaries (a sink that does nothing per frame)."""
 
     def __init__(self) -> None:
         self.summaries: list[RunSummary] = []
@@ -102,19 +102,19 @@ def measure(models: Models, out_dir: Path, dashboard: bool, seconds: float, warm
     config = load_config(None).with_overrides({"output.dir": out_dir, "output.progress": False})
     interrupt = threading.Event()
     probe = _Probe()
-    observers: list = [probe]
+    sinks: list = [probe]
     server = client = None
     if dashboard:
         from stream.serve import Dashboard, DashboardServer, build_app, listen
 
         dash = Dashboard(models.classifier.labels, ["clip"])
-        observers.append(dash)
+        sinks.append(dash)
         closing = threading.Event()
         sock = listen("127.0.0.1", 0)
         server = DashboardServer(build_app(dash, closing=closing), closing)
         threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="emostream-serve", daemon=True).start()
     pipeline = Pipeline([SourceSpec(str(CLIP), name="clip", paced=True)], config,
-                        RunOptions(display=False, interrupt=interrupt), models, observers=observers)
+                        RunOptions(display=False, interrupt=interrupt), models, sinks=sinks)
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
     probe.started.wait(60)

@@ -3,7 +3,7 @@
 :class:`SourceControl` is the one place that changes the sources of a running
 :class:`~stream.pipeline.Pipeline` for a person: ``emostream serve``'s ``POST`` and
 ``DELETE /api/sources``, the dashboard's reload, and SIGHUP in ``run`` and ``serve``.
-It is also a pipeline observer, so it knows which sources run and how each one ended.
+It is also a pipeline sink, so it knows which sources run and how each one ended.
 
 A reload re-reads the sources file and compares it with the sources that came from
 that file (at start or at an earlier reload), by name (``name:``, else the name the
@@ -138,7 +138,7 @@ def spec_from_json(data: Any, *, paced: bool = False) -> SourceSpec:
 class SourceControl:
     """Add, remove and reload the sources of a running pipeline (see the module docstring).
 
-    Give it to the pipeline as an observer, then :meth:`attach` the pipeline. Its methods
+    Give it to the pipeline as a sink, then :meth:`attach` the pipeline. Its methods
     are called from any thread but the pipeline's consuming one (they wait for it).
 
     Args:
@@ -163,7 +163,7 @@ class SourceControl:
         """The pipeline to change, and which of its first sources came from the sources file.
 
         Args:
-            pipeline: The pipeline (this control among its observers).
+            pipeline: The pipeline (this control among its sinks).
             file_keys: ``{source_id: its name in the sources file}`` (see :meth:`file_entries`).
         """
         self.pipeline = pipeline
@@ -187,7 +187,7 @@ class SourceControl:
             specs = [replace(s, paced=True) for s in specs]
         return [(s.name, s) for s in specs]
 
-    # -- Observer (the pipeline's consuming thread) ------------------------------------------------
+    # -- Sink (the pipeline's consuming thread) ------------------------------------------------
 
     def on_start(self, summaries: list[RunSummary]) -> None:
         with self._lock:

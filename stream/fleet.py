@@ -3,7 +3,7 @@
     driver (emostream run --sources cams.yaml --ray)            Ray actors, spread over the nodes
     <out-dir>/<name>.events.jsonl per camera  <-- poll(acked) -  FleetWorker: models loaded once, one
     health lines, the final summaries              every 0.5 s  Pipeline over its group of cameras;
-    a dead actor -> a new one, same cameras,                    FleetTap (an Observer) keeps records
+    a dead actor -> a new one, same cameras,                    FleetTap (a Sink) keeps records
       from the first frame each log lacks                       until the driver has written them
 
 Each actor runs the engine of "many sources in one run" (:class:`stream.pipeline.Pipeline`)
@@ -123,7 +123,7 @@ class FleetResult:
 
 
 class FleetTap:
-    """The Observer inside an actor: turns results into event records kept until the driver has written them.
+    """The sink inside an actor: turns results into event records kept until the driver has written them.
 
     Records carry the camera's frame index in its whole log (not this actor's run): a replayable
     camera (a file) is read again from its start and the frames the log already has are skipped;
@@ -273,7 +273,7 @@ class FleetWorker(ModelActor):
         self.tap = tap
         logging.getLogger("stream").addHandler(WarningTap(tap.note_log))
         pipeline = Pipeline(specs, self.config, RunOptions(display=False, interrupt=self._stop), self.models,
-                            observers=[tap])
+                            sinks=[tap])
 
         def work() -> None:
             try:

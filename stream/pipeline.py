@@ -1,10 +1,10 @@
 """The whole flow in one place: many sources -> one batched inference stage -> per-source sinks.
 
-    capture thread, source 0 --queue--\\                                  /--> sinks of source 0
-    capture thread, source 1 --queue---> inference thread --results--> this thread --> sinks of source 1
+    capture thread, source 0 --queue--\\                                  /--> outputs of source 0
+    capture thread, source 1 --queue---> inference thread --results--> this thread --> outputs of source 1
     ...                                 (Mux: fair batches;             (demux by source_id: draw,
                                           detect + classify;             write video, event log,
-                                          a tracker per source)          summary; observers; yield)
+                                          a tracker per source)          summary; then the sinks; yield)
 
 Drive it from Python::
 
@@ -13,7 +13,8 @@ Drive it from Python::
             print(result.frame.source_id, [f.probs.argmax() for f in result.faces])
     pipeline.summaries                     # one RunSummary per source
 
-or let it run to the end: ``Pipeline(sources, config).run()``. Sources are spec strings,
+or let it run to the end: ``Pipeline(sources, config, sinks=[...]).run()``; sinks
+(:class:`stream.sinks.Sink`: a dashboard, an MQTT publisher, your own) get every result too. Sources are spec strings,
 :class:`SourceSpec` or :class:`~stream.capture.FrameSource` objects (anything that yields frames),
 and can be added and removed while it runs (:meth:`Pipeline.add_source`, :meth:`Pipeline.remove_source`,
 from any thread): each source brings its own capture thread, tracker, outputs and summary.
@@ -38,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm import tqdm
 
@@ -49,14 +50,16 @@ from stream.errors import ConfigError, SourceError, StreamError
 from stream.infer import EmotionClassifier, FaceDetector, InferenceThread
 from stream.infer.session import BatchBuckets, auto_inference_workers, auto_output_workers, resolve_providers
 from stream.records import EndOfStream, FrameResult, StageError
-from stream.render import EventLog, ImageWriter, VideoRecorder, Window, display_available, mosaic
+from stream.render import EventLog, ImageWriter, VideoRecorder, display_available
 from stream.render.outputs import check_output_paths
 from stream.render.pool import OutputPool
-from stream.render.sinks import SourceSinks
+from stream.sinks import Sink
+from stream.sinks.files import SourceOutputs
+from stream.sinks.window import WindowSink
 from stream.summary import RunSummary
 from stream.track import IouTracker
 
-__all__ = ["Models", "Observer", "Pipeline", "RunOptions", "RunSummary", "SourceSpec", "default_outputs",
+__all__ = ["Models", "Pipeline", "RunOptions", "RunSummary", "Sink", "SourceSpec", "default_outputs",
            "load_models", "source_name"]
 
 log = logging.getLogger(__name__)
@@ -137,31 +140,13 @@ def default_outputs(source: str, image_mode: bool, config: Config, name: str | N
     return video, events
 
 
-class Observer(Protocol):
-    """Something that watches a running pipeline (a web dashboard, a fleet monitor, an MQTT publisher).
-
-    ``wants_images``: whether it needs the frames annotated (drawing costs time; an observer
-    without the attribute gets them). ``on_source_added`` (optional): a source joined a running
-    pipeline. All are called on the pipeline's consuming thread and must return at once.
-    """
-
-    def on_start(self, summaries: list[RunSummary]) -> None:
-        """The sources are open; one summary per source, updated live as frames pass."""
-
-    def on_result(self, result: FrameResult, summary: RunSummary) -> None:
-        """A frame of ``summary``'s source was processed; ``result.frame.image_bgr`` is annotated."""
-
-    def on_source_end(self, summary: RunSummary) -> None:
-        """That source ended (``summary.error`` says why, if it failed; ``warning`` "removed" when removed)."""
-
-
 @dataclass
 class _Lane:
     """One source's way through the pipeline: its source, capture thread, tracker, outputs and summary."""
 
     spec: SourceSpec
     source: FrameSource
-    sink: SourceSinks
+    outputs: SourceOutputs
     tracker: IouTracker
     capture: CaptureThread
     stop: threading.Event = field(default_factory=threading.Event)
@@ -169,7 +154,7 @@ class _Lane:
 
     @property
     def summary(self) -> RunSummary:
-        return self.sink.summary
+        return self.outputs.summary
 
 
 class Pipeline:
@@ -181,8 +166,10 @@ class Pipeline:
         config: The configuration (the defaults when None).
         options: Display, limits, the interrupt event.
         models: Loaded models (loaded from ``config`` when None).
-        observers: Also told of every result and every source's start and end (a web dashboard);
-            they run on the consuming thread and must return at once.
+        sinks: Also given every result and told of every source's start and end
+            (:class:`stream.sinks.Sink`: a web dashboard, an MQTT publisher); they run on the
+            consuming thread and must return at once. A window is added when ``options.display``
+            asks for one (or a webcam runs where a display exists).
 
     Raises:
         ConfigError: More sources than ``capture.max_sources``.
@@ -190,7 +177,7 @@ class Pipeline:
 
     def __init__(self, sources: Sequence[str | SourceSpec | FrameSource], config: Config | None = None,
                  options: RunOptions | None = None, models: Models | None = None,
-                 observers: Sequence[Observer] = ()) -> None:
+                 sinks: Sequence[Sink] = ()) -> None:
         self.config = config or Config()
         self.options = options or RunOptions()
         self.specs = unique_names([_as_spec(s) for s in sources])
@@ -198,10 +185,10 @@ class Pipeline:
         if not self.specs and not self.options.keep_open:
             raise ValueError("a pipeline needs at least one source (or keep_open, to add them later)")
         self.models = models
-        self.observers = list(observers)
+        self.sinks = list(sinks)
         self._lanes: list[_Lane] = []
         self._inference: InferenceThread | None = None
-        self._window: Window | None = None
+        self._window: WindowSink | None = None  # one of the sinks, closed with the pipeline
         self._outputs: OutputPool | None = None  # drawing/encoding off this thread (runtime.output_workers)
         self._requests: queue.SimpleQueue[tuple[str, Any, concurrent.futures.Future]] = queue.SimpleQueue()
         self._wake = threading.Event()  # set by every capture thread after a put; the mux waits on it
@@ -284,6 +271,8 @@ class Pipeline:
                         rest.close()
                     raise
             self._window = _window([lane.source for lane in self._lanes], options)
+            if self._window is not None:
+                self.sinks.append(self._window)
             workers = config.runtime.output_workers if config.runtime.output_workers >= 0 else auto_output_workers()
             self._outputs = OutputPool(workers) if workers > 0 else None
             self._inference = InferenceThread([lane.capture.frames for lane in self._lanes], self.models.detector,
@@ -298,18 +287,18 @@ class Pipeline:
             for lane in self._lanes:
                 lane.capture.start()
             self._inference.start()
-            for observer in self.observers:
-                observer.on_start(self.summaries)
+            for sink in self.sinks:
+                sink.on_start(self.summaries)
         except BaseException:
             self.close(failed=True)
             raise
 
     def __iter__(self) -> Iterator[FrameResult]:
-        """Each processed frame of every source, after its outputs and observers took it.
+        """Each processed frame of every source, after its outputs and sinks took it.
 
         The results of one source come in capture order. Iteration ends when every source
-        ended, ``max_seconds`` passed, the interrupt was set or the window was closed; an
-        error of the inference stage is raised here.
+        ended, ``max_seconds`` passed, the interrupt was set or a sink asked to stop (the window
+        was closed); an error of the inference stage is raised here.
         """
         self.start()
         self._consumer = threading.get_ident()
@@ -367,9 +356,9 @@ class Pipeline:
                 failed = True
         for lane in self._lanes:
             if failed or (lane.summary.interrupted and not self.options.publish_interrupted):
-                lane.sink.abort()  # a source that had already ended is closed: abort leaves it published
+                lane.outputs.abort()  # a source that had already ended is closed: abort leaves it published
             else:
-                lane.sink.close()
+                lane.outputs.close()
         if self._window is not None:
             self._window.close()
         while True:  # nobody will serve what is still asked
@@ -401,7 +390,7 @@ class Pipeline:
         assert self.models is not None  # loaded by start()
         writer, events = _open_outputs(spec, source, config)
         summary = RunSummary(source=source.name, source_id=source_id, name=spec.name)
-        sink = SourceSinks(source, summary, self.models.classifier.labels, writer, events,
+        outputs = SourceOutputs(source, summary, self.models.classifier.labels, writer, events,
                            bars=config.output.probability_bars, fps_overlay=config.output.fps_overlay,
                            uncertain_below=config.classifier.uncertain_below,
                            heads=self.models.classifier.contract.heads)
@@ -410,7 +399,7 @@ class Pipeline:
         capture = CaptureThread(source, size, stop, spec.max_frames or self.options.max_frames, source_id=source_id,
                                 on_put=self._wake.set, open_first=open_first)
         tracker = IouTracker.from_config(config.tracking, still_images=isinstance(source, ImageSource))
-        return _Lane(spec, source, sink, tracker, capture, stop)
+        return _Lane(spec, source, outputs, tracker, capture, stop)
 
     def _tracker_of(self, source_id: int) -> IouTracker:
         return self._lanes[source_id].tracker
@@ -449,7 +438,7 @@ class Pipeline:
 
     def _add(self, spec: SourceSpec) -> int:
         assert self._inference is not None
-        _check_count(sum(1 for lane in self._lanes if not lane.sink.closed) + 1, self.config)
+        _check_count(sum(1 for lane in self._lanes if not lane.outputs.closed) + 1, self.config)
         spec = unique_names([lane.spec for lane in self._lanes] + [spec])[-1]
         source, open_first = self._open(spec)
         try:
@@ -460,8 +449,8 @@ class Pipeline:
         self._lanes.append(lane)  # before the mux sees it: the tracker must be there
         self._inference.mux.add(lane.summary.source_id, lane.capture.frames)
         lane.capture.start()
-        for observer in self.observers:
-            added = getattr(observer, "on_source_added", None)
+        for sink in self.sinks:
+            added = getattr(sink, "on_source_added", None)
             if callable(added):
                 added(lane.summary)
         log.info("source %s added: %s", lane.summary.source_id, lane.summary.source)
@@ -475,17 +464,17 @@ class Pipeline:
         self._inference.mux.retire(source_id)
         lane.capture.close()
         if self._end(lane, EndOfStream("removed", warning="removed", source_id=source_id)):
-            for observer in self.observers:
-                observer.on_source_end(lane.summary)
+            for sink in self.sinks:
+                sink.on_source_end(lane.summary)
 
     def _end(self, lane: _Lane, marker: EndOfStream | StageError) -> bool:
         """Finalise a source's outputs now (True), or after the frames its output thread still holds."""
         lane.ending = True
         others = len(self._lanes) > 1
         if self._outputs is None:
-            _end_source(lane.sink, marker, others=others)
+            _end_source(lane.outputs, marker, others=others)
             return True
-        self._outputs.submit(lane.summary.source_id, lambda: _end_source(lane.sink, marker, others=others),
+        self._outputs.submit(lane.summary.source_id, lambda: _end_source(lane.outputs, marker, others=others),
                              ("ended", lane, None))
         return False
 
@@ -534,45 +523,48 @@ def _open_outputs(spec: SourceSpec, source: FrameSource, config: Config
     return writer, events
 
 
-def _window(sources: list[FrameSource], options: RunOptions) -> Window | None:
+def _window(sources: list[FrameSource], options: RunOptions) -> WindowSink | None:
     # Default window: a webcam on a machine with a display (a camera URL usually runs headless).
     webcam = any(isinstance(s, LiveSource) and not s.is_url for s in sources)
     show = options.display if options.display is not None else (webcam and display_available())
     if not show:
         return None
     title = sources[0].name if len(sources) == 1 else f"{len(sources)} sources"
-    return Window(f"emostream - {title}")
+    return WindowSink(f"emostream - {title}")
 
 
 def _consume(pipeline: Pipeline) -> Iterator[FrameResult]:
     """The demux and render/record stage, on the calling thread (a window must live on the main thread).
 
     Each result goes to its source's outputs (on this thread, or on the output pool's thread of
-    that source), then to the observers, then to the caller.
+    that source), then to the sinks, then to the caller.
     """
     assert pipeline._inference is not None
-    options, lanes, window, pool = pipeline.options, pipeline._lanes, pipeline._window, pipeline._outputs
+    options, lanes, sinks, pool = pipeline.options, pipeline._lanes, pipeline.sinks, pipeline._outputs
     results = pipeline._inference.results
     counts = [lane.source.frame_count or 0 for lane in lanes]
     known = bool(lanes) and all(not lane.source.live and lane.source.frame_count for lane in lanes)
     show_progress = pipeline.config.output.progress and not (known and sum(counts) <= 1)
     progress: tqdm | None = None  # from the first frame on: a camera that never comes up leaves no empty bar
     t_start = time.perf_counter()
-    draw = window is not None or any(getattr(o, "wants_images", True) for o in pipeline.observers)
+    draw = any(getattr(sink, "wants_images", True) for sink in sinks)
 
-    def written(item: FrameResult, lane: _Lane) -> None:
-        """The outputs took ``item``: tell the observers and the progress bar."""
+    def written(item: FrameResult, lane: _Lane) -> bool:
+        """The outputs took ``item``: give it to the sinks, move the progress bar; True: a sink asks to stop."""
         nonlocal progress
-        for observer in pipeline.observers:
-            observer.on_result(item, lane.summary)
+        stop = False
+        for sink in sinks:
+            sink.on_result(item, lane.summary)
+            stop = stop or getattr(sink, "wants_stop", False)
         if progress is None:
             progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
                             disable=not show_progress, leave=False)
         progress.update()
+        return stop
 
     def ended(lane: _Lane) -> None:
-        for observer in pipeline.observers:
-            observer.on_source_end(lane.summary)
+        for sink in sinks:
+            sink.on_source_end(lane.summary)
 
     try:
         stop = False
@@ -581,10 +573,9 @@ def _consume(pipeline: Pipeline) -> Iterator[FrameResult]:
                 if kind == "ended":
                     ended(lane)
                     continue
-                written(item, lane)
+                stop = written(item, lane)
                 yield item
-                if window is not None and window.show(_window_image(lanes)):
-                    stop = True
+                if stop:
                     break
             if stop:
                 break
@@ -605,13 +596,13 @@ def _consume(pipeline: Pipeline) -> Iterator[FrameResult]:
                 if lane.ending:
                     continue  # removed while its last frames were in flight
                 if pool is not None:
-                    pool.submit(lane.summary.source_id, functools.partial(lane.sink.write, got, draw=draw),
+                    pool.submit(lane.summary.source_id, functools.partial(lane.outputs.write, got, draw=draw),
                                 ("written", lane, got))
                     continue
-                lane.sink.write(got, draw=draw)
-                written(got, lane)
+                lane.outputs.write(got, draw=draw)
+                stop = written(got, lane)
                 yield got
-                if window is not None and window.show(_window_image(lanes)):
+                if stop:
                     break
             elif got.source_id is None:  # the inference stage itself
                 if isinstance(got, StageError):
@@ -632,26 +623,20 @@ def _consume(pipeline: Pipeline) -> Iterator[FrameResult]:
             progress.close()
 
 
-def _end_source(sink: SourceSinks, marker: EndOfStream | StageError, *, others: bool = True) -> None:
+def _end_source(outputs: SourceOutputs, marker: EndOfStream | StageError, *, others: bool = True) -> None:
     """One source ended: finalise its outputs now; a failure is kept in its summary, the others go on.
 
     A source that dies mid-run (a camera past its reconnect budget) still publishes what it
     recorded, complete up to the outage, as a truncated file does; only a failure of the
-    outputs or of the whole run publishes nothing (:meth:`SourceSinks.abort`).
+    outputs or of the whole run publishes nothing (:meth:`SourceOutputs.abort`).
     """
     if isinstance(marker, StageError):
         err = marker.error
         if not isinstance(err, StreamError):
             raise err  # a bug, not a bad source: stop everything
-        sink.summary.error = err
+        outputs.summary.error = err
         if others:  # the others go on: say it now; a lone source's error is the run's one error line
-            log.warning("source %s failed: %s", sink.summary.source, err)
+            log.warning("source %s failed: %s", outputs.summary.source, err)
     else:
-        sink.summary.warning = marker.warning
-    sink.close()
-
-
-def _window_image(lanes: list[_Lane]):  # type: ignore[no-untyped-def]
-    if len(lanes) == 1:
-        return lanes[0].sink.last_image
-    return mosaic([lane.sink.last_image for lane in lanes])
+        outputs.summary.warning = marker.warning
+    outputs.close()

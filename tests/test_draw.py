@@ -12,7 +12,7 @@ from stream.capture import ImageSource
 from stream.labels import TOO_SMALL
 from stream.records import Face, Frame, FrameResult
 from stream.render.draw import annotate
-from stream.render.sinks import SourceSinks
+from stream.sinks.files import SourceOutputs
 from stream.summary import RunSummary
 
 LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -78,7 +78,7 @@ def test_too_small_faces_say_so() -> None:
 def test_no_frame_rate_on_a_still_image(tmp_path: Path) -> None:
     path = tmp_path / "still.png"
     cv2.imwrite(str(path), np.zeros((480, 640, 3), np.uint8))
-    sinks = SourceSinks(ImageSource(path), RunSummary("still.png"), LABELS, None, None, fps_overlay=True)
+    outputs = SourceOutputs(ImageSource(path), RunSummary("still.png"), LABELS, None, None, fps_overlay=True)
     result = faces_frame([], w=640, h=480)
-    sinks.write(result, draw=True)
+    outputs.write(result, draw=True)
     assert not result.frame.image_bgr[:40, :200].any()

@@ -78,7 +78,7 @@ def test_the_second_head_reaches_every_output(model: Path, tmp_path: Path) -> No
     models = load_models(config)
     dashboard = Dashboard(models.classifier.labels, ["clip"])
     faces = []
-    with Pipeline([str(SAMPLE_CLIP)], config, RunOptions(max_frames=15), models, observers=[dashboard]) as p:
+    with Pipeline([str(SAMPLE_CLIP)], config, RunOptions(max_frames=15), models, sinks=[dashboard]) as p:
         for result in p:
             faces.extend(result.faces)
     # The face records: the head's values, as the model computes them from the crops the contract makes.

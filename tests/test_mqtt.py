@@ -284,7 +284,7 @@ def test_faces_episodes_health_and_discovery(broker: Broker, subscriber: Subscri
 
 
 class Timed:
-    """Wraps an observer: how long each call took, and when each frame was seen."""
+    """Wraps a sink: how long each call took, and when each frame was seen."""
 
     def __init__(self, inner: MqttPublisher, at_frame: dict[int, threading.Event]) -> None:
         self.inner = inner
@@ -321,7 +321,7 @@ def test_pipeline_on_the_clip_publishes_the_event_log_records(broker: Broker, su
     try:
         spec = SourceSpec(str(CLIP), name="car", events=tmp_path / "car.events.jsonl")
         summaries = Pipeline([spec], config, RunOptions(display=False, max_frames=60), models,
-                             observers=[publisher]).run()
+                             sinks=[publisher]).run()
     finally:
         publisher.close()
     assert summaries[0].frames_processed == 60
@@ -391,7 +391,7 @@ def test_broker_killed_and_restarted_mid_run(broker: Broker, subscriber: Subscri
     try:
         spec = SourceSpec(str(CLIP), name="cam", paced=True)
         summaries = Pipeline([spec], config, RunOptions(display=False, max_seconds=10.0, interrupt=interrupt),
-                             models, observers=[timed]).run()
+                             models, sinks=[timed]).run()
     finally:
         operator.join(30)
         publisher.close()
@@ -406,7 +406,7 @@ def test_broker_killed_and_restarted_mid_run(broker: Broker, subscriber: Subscri
     retained = [m for m in after if m.t_s > marks["restarted"] and m.topic == "live/cam/availability"]
     assert retained, "the retained availability was not sent again to the restarted broker"
     # The pipeline was not slowed: as many frames per second while the broker was down as before,
-    # and no observer call took long.
+    # and no sink call took long.
     times = np.array(timed.frame_times)
     before = np.sum(times < marks["killed"]) / (marks["killed"] - times[0])
     down = np.sum((times >= marks["killed"]) & (times < marks["restarted"])) / (marks["restarted"] - marks["killed"])

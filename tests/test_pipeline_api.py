@@ -90,6 +90,52 @@ def test_breaking_out_of_the_loop_finalises_the_outputs(models: Models, clips: d
     assert not [t for t in threading.enumerate() if t.name.startswith(("capture-", "inference"))]
 
 
+class CountingSink:
+    """A sink of our own (:class:`stream.sinks.Sink`): counts what it is told; asks to stop after ``stop_after``."""
+
+    def __init__(self, stop_after: int, *, wants_images: bool) -> None:
+        self.stop_after, self.wants_images = stop_after, wants_images
+        self.started: list[str] = []
+        self.results: list[tuple[int, int, bool]] = []  # source id, frame index, annotated
+        self.wants_stop = False
+
+    def on_start(self, summaries: list) -> None:
+        self.started = [s.source for s in summaries]
+
+    def on_result(self, result: FrameResult, summary) -> None:
+        drawn = np.unique(result.frame.image_bgr).size > 1  # a synthetic frame is one grey until drawn on
+        self.results.append((summary.source_id, result.frame.index, drawn))
+        self.wants_stop = len(self.results) >= self.stop_after
+
+    def on_source_end(self, summary) -> None:
+        pass
+
+
+@pytest.mark.parametrize("wants_images", [False, True])
+def test_a_sink_gets_every_result_says_if_it_needs_pictures_and_can_end_the_run(
+        models: Models, tmp_path: Path, wants_images: bool) -> None:
+    sink = CountingSink(30, wants_images=wants_images)
+    config = _config(tmp_path).with_overrides({"output.video": False})
+    summaries = Pipeline([SyntheticSource("synthetic", 60)], config, models=models, sinks=[sink]).run()
+    assert sink.started == ["synthetic"]
+    assert [(i, n) for i, n, _ in sink.results] == [(0, n) for n in range(30)]  # then the run ended
+    assert {drawn for _, _, drawn in sink.results} == {wants_images}  # nothing drawn that nobody shows
+    assert summaries[0].frames_processed == 30 and not summaries[0].interrupted
+    assert len(_lines(tmp_path / "synthetic.events.jsonl")) == 30  # the log is published, complete
+
+
+def test_a_window_that_cannot_open_leaves_the_run_headless(models: Models, clips: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    options = RunOptions(display=True, max_frames=20)
+    summaries = Pipeline([str(clips["vga"]), str(clips["noface"])], _config(tmp_path), options, models).run()
+    assert [s.frames_processed for s in summaries] == [20, 20] and [s.error for s in summaries] == [None, None]
+    assert [r.message for r in caplog.records if "no window" in r.message] == [
+        "no window can be shown (no display (DISPLAY is not set)); carrying on without display"]
+
+
 def test_sources_added_and_removed_while_running(models: Models, clips: dict[str, Path], tmp_path: Path) -> None:
     camera = SyntheticSource("camera", None, live=True)
     counts = {0: 0, 1: 0}
@@ -141,13 +187,15 @@ def test_kept_open_pipeline_takes_sources_from_another_thread(models: Models, cl
     assert [s.frames_processed for s in pipeline.summaries] == [40, 120]
 
 
-def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     readme = (REPO / "README.md").read_text()
     match = re.search(r"<!-- python-api -->\s*```python\n(.*?)```", readme, re.S)
     assert match, "README has no Python API example"
     monkeypatch.chdir(tmp_path)
     exec(compile(match.group(1), "README.md", "exec"), {})
     assert (tmp_path / "out" / "carphone_640x480.events.jsonl").is_file()
+    assert capsys.readouterr().out.startswith("30 faces\n")  # the example's own sink counted them
 
 
 def test_worker_threads_change_nothing_but_speed(models: Models, clips: dict[str, Path], tmp_path: Path) -> None:

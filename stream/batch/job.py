@@ -237,7 +237,7 @@ def process_inputs(items: Sequence[InputFile], out_dir: Path, config: Config, mo
     feeder = _Feeder(items, specs, parallel, interrupt, finish)
     # An input the interrupt cuts short is not published: its outputs stay partial, it is redone.
     options = RunOptions(display=False, interrupt=finish, publish_interrupted=False, keep_open=True)
-    pipeline = Pipeline([], config, options, models, observers=[feeder])
+    pipeline = Pipeline([], config, options, models, sinks=[feeder])
     failure = ""
     try:
         with pipeline:
@@ -279,10 +279,10 @@ class _Input:
 
 
 class _Feeder(threading.Thread):
-    """Keeps ``parallel`` inputs in the pipeline: adds the next as soon as one ends (an observer of it).
+    """Keeps ``parallel`` inputs in the pipeline: adds the next as soon as one ends (a sink of it).
 
     The adding is done on this thread (:meth:`Pipeline.add_source` waits for the consuming thread,
-    which serves it between two results); the observer calls, on the consuming thread, only move
+    which serves it between two results); the sink calls, on the consuming thread, only move
     entries and wake it. When every input is done, or the interrupt is set, it sets ``finish``.
     """
 
@@ -357,7 +357,7 @@ class _Feeder(threading.Thread):
             else:
                 self._done.append((entry, None, str(err)))  # cannot be opened: fails alone
 
-    # -- Observer (the pipeline's consuming thread) ------------------------------------------------
+    # -- Sink (the pipeline's consuming thread) ------------------------------------------------
 
     def on_start(self, summaries: list[RunSummary]) -> None:
         pass

@@ -102,12 +102,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         publishers.append(MqttPublisher.from_config(config, models.classifier.labels).start())
     try:
         if args.sources is None:
-            summaries = Pipeline(specs, config, options, models, observers=publishers).run()
+            summaries = Pipeline(specs, config, options, models, sinks=publishers).run()
         else:  # SIGHUP re-reads the sources file
             from stream.control import SourceControl, file_keys
 
             control = SourceControl(args.sources)
-            pipeline = Pipeline(specs, config, options, models, observers=[*publishers, control])
+            pipeline = Pipeline(specs, config, options, models, sinks=[*publishers, control])
             control.attach(pipeline, file_keys(specs[len(args.source):], len(args.source)))
             with SighupReload(control):
                 summaries = pipeline.run()

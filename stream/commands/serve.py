@@ -1,7 +1,7 @@
 """``emostream serve SOURCE... [--host H] [--port N]``: the live dashboard.
 
 The pipeline runs in a background thread with a :class:`~stream.serve.state.Dashboard`
-observer; uvicorn serves the app on the main thread (it owns SIGINT/SIGTERM while it
+sink; uvicorn serves the app on the main thread (it owns SIGINT/SIGTERM while it
 runs). Ctrl-C or SIGTERM: uvicorn stops, its open streams end, then the pipeline is
 interrupted and finalises its outputs as ``emostream run`` does (exit 130).
 
@@ -112,15 +112,15 @@ class _PipelineThread(threading.Thread):
             labels, uncertain_below = models.classifier.labels, self.config.classifier.uncertain_below
             self.metrics = PipelineMetrics(labels, uncertain_below=uncertain_below)
             self.dashboard = Dashboard(labels, [s.name for s in self.specs], uncertain_below=uncertain_below)
-            observers: list[Any] = [self.dashboard, self.metrics, self.control]
+            sinks: list[Any] = [self.dashboard, self.metrics, self.control]
             if self.config.mqtt.url:
                 from stream.sinks.mqtt import MqttPublisher
 
                 mqtt = MqttPublisher.from_config(self.config, labels).start()
-                observers.append(mqtt)
+                sinks.append(mqtt)
             # Kept open: removing every source does not end the server; sources can be added again.
             options = RunOptions(display=False, interrupt=self.interrupt, keep_open=True)
-            pipeline = Pipeline(self.specs, self.config, options, models, observers=observers)
+            pipeline = Pipeline(self.specs, self.config, options, models, sinks=sinks)
             self.control.attach(pipeline, self.file_keys)
             self.summaries = pipeline.run()
         except BaseException as err:

@@ -4,7 +4,7 @@ The pipeline's consuming thread hands each source's work to the thread that owns
 (``source_id % workers``), so one source's frames are written in order while other sources'
 frames are drawn and encoded at the same time (OpenCV's drawing and FFmpeg's encoder release
 the GIL). What is done comes back, in the order each thread finished it, through :meth:`finished`:
-the consuming thread then tells the observers and yields the result, as it does without a pool.
+the consuming thread then gives it to the sinks and yields the result, as it does without a pool.
 A job's exception comes back the same way and is raised by :meth:`finished`.
 """
 

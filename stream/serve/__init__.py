@@ -1,6 +1,6 @@
 """``emostream serve``: a local web dashboard of a running pipeline (the ``serve`` extra: Starlette, uvicorn).
 
-:class:`Dashboard` is the pipeline observer (newest frame, recent events, health
+:class:`Dashboard` is the pipeline sink (newest frame, recent events, health
 per source); :func:`build_app` the Starlette app over it; :class:`DashboardServer`
 the uvicorn server whose shutdown ends the streams. The names are imported on
 first use, so ``stream.commands.serve`` registers the subcommand without the extra.

@@ -130,10 +130,10 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
     """The dashboard's ASGI app.
 
     Args:
-        dashboard: The observer of the running pipeline.
+        dashboard: The sink of the running pipeline.
         token: Required on every request when given (see the module docstring).
         closing: Set when the server shuts down: the endless responses (streams, events) end.
-        metrics: The observer behind ``GET /metrics`` (no such route without it).
+        metrics: The sink behind ``GET /metrics`` (no such route without it).
         control: What adds and removes sources (no ``POST``/``DELETE`` routes without it).
 
     Returns:

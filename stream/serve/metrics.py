@@ -1,6 +1,6 @@
 """``GET /metrics`` of ``emostream serve``: the running pipeline in Prometheus' text format.
 
-:class:`PipelineMetrics` is a pipeline observer that keeps a few numbers per source
+:class:`PipelineMetrics` is a pipeline sink that keeps a few numbers per source
 (``on_result`` adds to them: no lock shared with the web side, no allocation but a
 bounded deque); a scrape turns them into metric families through a private
 ``prometheus_client`` registry (no process-global state, so several servers can run
@@ -60,7 +60,7 @@ class _Source:
 
 
 class PipelineMetrics:
-    """The pipeline observer behind ``/metrics`` (see the module docstring).
+    """The pipeline sink behind ``/metrics`` (see the module docstring).
 
     Args:
         labels: The classifier's labels.
@@ -78,7 +78,7 @@ class PipelineMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
-    # -- Observer (the pipeline's consuming thread) ------------------------------------------------
+    # -- Sink (the pipeline's consuming thread) ------------------------------------------------
 
     def on_start(self, summaries: list[RunSummary]) -> None:
         for summary in summaries:

@@ -1,4 +1,4 @@
-"""What the dashboard knows of a running pipeline: an :class:`~stream.pipeline.Observer` that keeps little.
+"""What the dashboard knows of a running pipeline: an :class:`~stream.sinks.Sink` that keeps little.
 
 Per source it keeps only the newest annotated frame (a reference, not a copy;
 JPEG-encoded later by the web side, and only when a client asks), a bounded ring
@@ -53,7 +53,7 @@ class SourceState:
 
 
 class Dashboard:
-    """The pipeline observer behind ``emostream serve`` (see the module docstring).
+    """The pipeline sink behind ``emostream serve`` (see the module docstring).
 
     Args:
         labels: The classifier's labels (event records and the chart's legend).
@@ -77,7 +77,7 @@ class Dashboard:
         self._encode_lock = threading.Lock()
         self._unclaimed: deque[str] = deque(maxlen=20)  # recent warnings that named no known source
 
-    # -- Observer (the pipeline's consuming thread) ------------------------------------------------
+    # -- Sink (the pipeline's consuming thread) ------------------------------------------------
 
     def on_start(self, summaries: list[RunSummary]) -> None:
         with self._lock:

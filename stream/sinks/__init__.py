@@ -1,11 +1,19 @@
-"""Observers of a running pipeline that send its results elsewhere (see :class:`stream.pipeline.Observer`).
+"""Where a running pipeline's results go: one :class:`Sink` protocol, the sinks that follow it.
 
+    stream.sinks.base     Sink: the protocol (on_start, on_result, on_source_end; wants_images, wants_stop)
+    stream.sinks.files    SourceOutputs: one source's annotated video or image, event log and summary
+    stream.sinks.window   WindowSink: the live window (a mosaic for several sources)
     stream.sinks.health   SourceHealth: up / down / ended, frame rate and reconnects of one source, live
     stream.sinks.mqtt     MqttPublisher: faces, episodes and health as JSON on an MQTT broker (the ``mqtt`` extra)
 
-Nothing is imported here, so this package loads without the optional extras.
+Sinks elsewhere, beside the service they feed: the dashboard's :class:`~stream.serve.state.Dashboard`
+and :class:`~stream.serve.metrics.PipelineMetrics`, the fleet's ``FleetTap``, the batch job's feeder
+and :class:`~stream.control.SourceControl`. Only the protocol is imported here, so this package
+loads without the optional extras.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from stream.sinks.base import Sink
+
+__all__ = ["Sink"]

@@ -1,4 +1,4 @@
-"""What an observer can tell of one source's health from the results it sees, in constant memory.
+"""What a sink can tell of one source's health from the results it sees, in constant memory.
 
 A source is ``starting`` until its first processed frame, ``up`` while frames keep
 coming, ``down`` after :data:`STALE_S` seconds without one (a camera being

@@ -196,7 +196,7 @@ class _Source:
 
 
 class MqttPublisher:
-    """The MQTT observer of a pipeline (see the module docstring): ``start``, hand it to the pipeline, ``close``.
+    """The MQTT sink of a pipeline (see the module docstring): ``start``, hand it to the pipeline, ``close``.
 
     Args:
         config: The ``mqtt:`` block (``url`` must be set).
@@ -312,7 +312,7 @@ class MqttPublisher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- Observer (the pipeline's consuming thread: constant, small work) -------------------------
+    # -- Sink (the pipeline's consuming thread: constant, small work) -------------------------
 
     def on_start(self, summaries: list[RunSummary]) -> None:
         for summary in summaries:

@@ -1,11 +1,14 @@
-"""One source's sinks: the annotated video (or image), the event log and the summary."""
+"""One source's files and summary: the annotated video (or image) and the event log.
+
+The pipeline makes one :class:`SourceOutputs` per source from the ``output`` config (or the
+source's own ``output``/``events`` paths) and writes each result to it, on its consuming thread
+or on that source's output thread, before the other sinks see the result.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-
-import numpy as np
 
 from stream.capture import FrameSource, ImageSource
 from stream.labels import face_label
@@ -14,7 +17,7 @@ from stream.render.draw import annotate
 from stream.render.record import EventLog, ImageWriter, VideoRecorder, frame_event
 from stream.summary import RunSummary
 
-__all__ = ["SourceSinks"]
+__all__ = ["SourceOutputs"]
 
 
 class _GapWatch:
@@ -34,7 +37,7 @@ class _GapWatch:
         return total
 
 
-class SourceSinks:
+class SourceOutputs:
     """Writes one source's results and keeps its :class:`RunSummary`.
 
     Args:
@@ -63,7 +66,6 @@ class SourceSinks:
         self.heads = tuple(heads)
         self.still = isinstance(source, ImageSource)  # no frame rate on a still image
         self.closed = False
-        self.last_image: np.ndarray | None = None
         self._gaps = _GapWatch(source)
         self._recent: list[float] = []
         self._t_start = time.perf_counter()
@@ -77,7 +79,6 @@ class SourceSinks:
             fps = (len(self._recent) - 1) / span if span > 0 else 0.0
             status = f"{fps:5.1f} fps  {result.latency_ms:4.0f} ms" if self.fps_overlay and not self.still else ""
             annotate(result, self.labels, bars=self.bars, status=status, uncertain_below=self.uncertain_below)
-            self.last_image = result.frame.image_bgr
         if self.writer is not None:
             self.writer.write(result.frame.image_bgr)
         record = frame_event(result, self.labels, uncertain_below=self.uncertain_below, heads=self.heads)
