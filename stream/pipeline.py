@@ -41,8 +41,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tqdm import tqdm
-
 from stream.capture import CaptureThread, FrameSource, ImageSource, LiveSource, open_source
 from stream.capture.spec import SourceSpec, source_name, unique_names
 from stream.config import Config
@@ -389,14 +387,18 @@ class Pipeline:
         config = self.config
         assert self.models is not None  # loaded by start()
         writer, events = _open_outputs(spec, source, config)
-        summary = RunSummary(source=source.name, source_id=source_id, name=spec.name)
+        max_frames = spec.max_frames or self.options.max_frames
+        expected = None if source.live else source.frame_count
+        if max_frames and not source.live:
+            expected = min(max_frames, expected or max_frames)
+        summary = RunSummary(source=source.name, source_id=source_id, name=spec.name, frames_expected=expected)
         outputs = SourceOutputs(source, summary, self.models.classifier.labels, writer, events,
                            bars=config.output.probability_bars, fps_overlay=config.output.fps_overlay,
                            uncertain_below=config.classifier.uncertain_below,
                            heads=self.models.classifier.contract.heads)
         stop = threading.Event()
         size = config.capture.live_buffer if source.live else config.capture.queue_size
-        capture = CaptureThread(source, size, stop, spec.max_frames or self.options.max_frames, source_id=source_id,
+        capture = CaptureThread(source, size, stop, max_frames, source_id=source_id,
                                 on_put=self._wake.set, open_first=open_first)
         tracker = IouTracker.from_config(config.tracking, still_images=isinstance(source, ImageSource))
         return _Lane(spec, source, outputs, tracker, capture, stop)
@@ -542,85 +544,72 @@ def _consume(pipeline: Pipeline) -> Iterator[FrameResult]:
     assert pipeline._inference is not None
     options, lanes, sinks, pool = pipeline.options, pipeline._lanes, pipeline.sinks, pipeline._outputs
     results = pipeline._inference.results
-    counts = [lane.source.frame_count or 0 for lane in lanes]
-    known = bool(lanes) and all(not lane.source.live and lane.source.frame_count for lane in lanes)
-    show_progress = pipeline.config.output.progress and not (known and sum(counts) <= 1)
-    progress: tqdm | None = None  # from the first frame on: a camera that never comes up leaves no empty bar
     t_start = time.perf_counter()
     draw = any(getattr(sink, "wants_images", True) for sink in sinks)
 
     def written(item: FrameResult, lane: _Lane) -> bool:
-        """The outputs took ``item``: give it to the sinks, move the progress bar; True: a sink asks to stop."""
-        nonlocal progress
+        """The outputs took ``item``: give it to the sinks; True: a sink asks to stop."""
         stop = False
         for sink in sinks:
             sink.on_result(item, lane.summary)
             stop = stop or getattr(sink, "wants_stop", False)
-        if progress is None:
-            progress = tqdm(total=sum(counts) if known else None, unit="frame", dynamic_ncols=True,
-                            disable=not show_progress, leave=False)
-        progress.update()
         return stop
 
     def ended(lane: _Lane) -> None:
         for sink in sinks:
             sink.on_source_end(lane.summary)
 
-    try:
-        stop = False
-        while not stop:
-            for kind, lane, item in pool.finished() if pool is not None else ():
-                if kind == "ended":
-                    ended(lane)
-                    continue
-                stop = written(item, lane)
-                yield item
-                if stop:
-                    break
+    stop = False
+    while not stop:
+        for kind, lane, item in pool.finished() if pool is not None else ():
+            if kind == "ended":
+                ended(lane)
+                continue
+            stop = written(item, lane)
+            yield item
             if stop:
                 break
-            pipeline._serve_requests()
-            if options.max_seconds is not None and time.perf_counter() - t_start >= options.max_seconds:
-                break
-            if options.interrupt is not None and options.interrupt.is_set():
-                for lane in lanes:
-                    if not lane.ending:  # a source that ended before the interrupt is complete
-                        lane.summary.interrupted = True
-                break
-            try:
-                got = results.get(timeout=_POLL_S if pool is None or not pool.pending else _POOL_POLL_S)
-            except queue.Empty:
+        if stop:
+            break
+        pipeline._serve_requests()
+        if options.max_seconds is not None and time.perf_counter() - t_start >= options.max_seconds:
+            break
+        if options.interrupt is not None and options.interrupt.is_set():
+            for lane in lanes:
+                if not lane.ending:  # a source that ended before the interrupt is complete
+                    lane.summary.interrupted = True
+            break
+        try:
+            got = results.get(timeout=_POLL_S if pool is None or not pool.pending else _POOL_POLL_S)
+        except queue.Empty:
+            continue
+        if isinstance(got, FrameResult):
+            lane = lanes[got.frame.source_id]
+            if lane.ending:
+                continue  # removed while its last frames were in flight
+            if pool is not None:
+                pool.submit(lane.summary.source_id, functools.partial(lane.outputs.write, got, draw=draw),
+                            ("written", lane, got))
                 continue
-            if isinstance(got, FrameResult):
-                lane = lanes[got.frame.source_id]
-                if lane.ending:
-                    continue  # removed while its last frames were in flight
-                if pool is not None:
-                    pool.submit(lane.summary.source_id, functools.partial(lane.outputs.write, got, draw=draw),
-                                ("written", lane, got))
-                    continue
-                lane.outputs.write(got, draw=draw)
-                stop = written(got, lane)
-                yield got
-                if stop:
-                    break
-            elif got.source_id is None:  # the inference stage itself
-                if isinstance(got, StageError):
-                    raise got.error
+            lane.outputs.write(got, draw=draw)
+            stop = written(got, lane)
+            yield got
+            if stop:
                 break
-            elif not lanes[got.source_id].ending and pipeline._end(lanes[got.source_id], got):
-                ended(lanes[got.source_id])
-        if pool is not None and not stop:  # what the output threads still hold, then its results
-            while pool.pending:
-                for kind, lane, item in pool.finished(wait_s=_POLL_S):
-                    if kind == "ended":
-                        ended(lane)
-                    else:
-                        written(item, lane)
-                        yield item
-    finally:
-        if progress is not None:
-            progress.close()
+        elif got.source_id is None:  # the inference stage itself
+            if isinstance(got, StageError):
+                raise got.error
+            break
+        elif not lanes[got.source_id].ending and pipeline._end(lanes[got.source_id], got):
+            ended(lanes[got.source_id])
+    if pool is not None and not stop:  # what the output threads still hold, then its results
+        while pool.pending:
+            for kind, lane, item in pool.finished(wait_s=_POLL_S):
+                if kind == "ended":
+                    ended(lane)
+                else:
+                    written(item, lane)
+                    yield item
 
 
 def _end_source(outputs: SourceOutputs, marker: EndOfStream | StageError, *, others: bool = True) -> None:

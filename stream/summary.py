@@ -20,12 +20,15 @@ class RunSummary:
         source: Display name of the source (no credentials).
         source_id: Its position in the run's source list.
         name: Its name in the run (outputs are named after it), or "".
+        frames_expected: How many frames it will give (a file, or a ``max_frames`` limit); None when
+            endless or unknown (a camera, a stream).
         error: Why this source failed (the others went on), or None.
     """
 
     source: str
     source_id: int = 0
     name: str = ""
+    frames_expected: int | None = None
     frames_captured: int = 0
     frames_processed: int = 0
     frames_dropped: int = 0

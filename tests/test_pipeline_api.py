@@ -15,6 +15,7 @@ from stream.config import Config
 from stream.errors import ConfigError
 from stream.pipeline import Models, Pipeline, RunOptions, load_models
 from stream.records import FrameResult
+from stream.sinks.progress import ProgressBar
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -134,6 +135,16 @@ def test_a_window_that_cannot_open_leaves_the_run_headless(models: Models, clips
     assert [s.frames_processed for s in summaries] == [20, 20] and [s.error for s in summaries] == [None, None]
     assert [r.message for r in caplog.records if "no window" in r.message] == [
         "no window can be shown (no display (DISPLAY is not set)); carrying on without display"]
+
+
+def test_the_progress_bar_counts_to_the_frames_expected(models: Models, clips: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    bar = ProgressBar()  # the command line's sink
+    summaries = Pipeline([str(clips["vga"]), SyntheticSource("synthetic", 25)], _config(tmp_path),
+                         RunOptions(max_frames=40), models, sinks=[bar]).run()
+    bar.close()
+    assert [s.frames_expected for s in summaries] == [40, 25]  # the clip has 120, the limit is 40
+    assert bar._bar is not None and (bar._bar.n, bar._bar.total) == (65, 65)
 
 
 def test_sources_added_and_removed_while_running(models: Models, clips: dict[str, Path], tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import argparse
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stream.commands.common import (
     EXIT_BAD_INPUT,
@@ -93,27 +93,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if config.mqtt.url:
             raise ConfigError("--mqtt (mqtt.url) does not work with --ray yet: run without one of them")
         return _run_fleet(args, config, specs, options)
-    models, publishers = None, []
+    from stream.sinks.progress import ProgressBar
+
+    models = None
+    sinks: list[Any] = []  # each closed below
+    if config.output.progress:
+        sinks.append(ProgressBar())
     if config.mqtt.url:
         from stream.pipeline import load_models
         from stream.sinks.mqtt import MqttPublisher
 
         models = load_models(config)
-        publishers.append(MqttPublisher.from_config(config, models.classifier.labels).start())
+        sinks.append(MqttPublisher.from_config(config, models.classifier.labels).start())
     try:
         if args.sources is None:
-            summaries = Pipeline(specs, config, options, models, sinks=publishers).run()
+            summaries = Pipeline(specs, config, options, models, sinks=sinks).run()
         else:  # SIGHUP re-reads the sources file
             from stream.control import SourceControl, file_keys
 
             control = SourceControl(args.sources)
-            pipeline = Pipeline(specs, config, options, models, sinks=[*publishers, control])
+            pipeline = Pipeline(specs, config, options, models, sinks=[*sinks, control])
             control.attach(pipeline, file_keys(specs[len(args.source):], len(args.source)))
             with SighupReload(control):
                 summaries = pipeline.run()
     finally:
-        for publisher in publishers:
-            publisher.close()
+        for sink in sinks:
+            sink.close()
     if len(summaries) == 1 and summaries[0].error is not None:
         raise summaries[0].error  # one source: its failure is the run's one error line
     failed = print_summaries(summaries, config, report=args.report)
