@@ -4,6 +4,9 @@ A classifier ONNX file is self-describing: one metadata entry, key
 :data:`CONTRACT_KEY`, holds a JSON object that says how to turn a face crop
 into the model's input and how to read its output. The stream reads it, so a
 model exported by ``training/`` (or anyone else) drops in with ``--model``.
+:meth:`ModelContract.from_onnx` (a file), :meth:`ModelContract.from_proto` and
+:meth:`ModelContract.write_to` (an ``onnx.ModelProto``) are the code that reads and
+writes that entry.
 
 JSON layout (version 1)::
 
@@ -38,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +72,11 @@ MAX_LABELS = 1000
 MAX_LABEL_CHARS = 64
 #: Bound of each logit bias: e^50 already moves any probability to 0 or 1.
 MAX_LOGIT_BIAS = 50.0
+
+
+def _metadata_props(proto: Any) -> dict[str, str]:
+    """An ``onnx.ModelProto``'s metadata entries as a dict (a repeated key: its last value)."""
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def printable(text: str) -> str:
@@ -175,11 +183,43 @@ class ModelContract:
         except Exception as err:  # ONNX Runtime raises its own types for a file that is not a model
             raise ModelError(f"classifier model '{path}' could not be loaded: not an ONNX model "
                              f"({printable(str(err).splitlines()[0][:200])})") from None
-        meta = model_meta.custom_metadata_map
+        return cls.from_metadata(model_meta.custom_metadata_map, origin=f"classifier model '{path}'")
+
+    @classmethod
+    def from_proto(cls, proto: Any, *, origin: str = "model") -> ModelContract:
+        """The contract in an ``onnx.ModelProto``'s ``metadata_props`` (:data:`CONTRACT_KEY`).
+
+        Raises:
+            ModelError: It has no valid contract.
+        """
+        return cls.from_metadata(_metadata_props(proto), origin=origin)
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str], *, origin: str = "model") -> ModelContract:
+        """The contract in an ONNX model's metadata entries (key -> value), named ``origin`` in errors.
+
+        Raises:
+            ModelError: There is no :data:`CONTRACT_KEY` entry, or it is not a valid contract.
+        """
         if CONTRACT_KEY not in meta:
-            raise ModelError(f"classifier model '{path}' has no '{CONTRACT_KEY}' metadata: export it with "
+            raise ModelError(f"{origin} has no '{CONTRACT_KEY}' metadata: export it with "
                              "'emostream export' so the stream knows its labels and input")
-        return cls.from_json(meta[CONTRACT_KEY], origin=f"classifier model '{path}'")
+        return cls.from_json(meta[CONTRACT_KEY], origin=origin)
+
+    def write_to(self, proto: Any, *, keep_others: bool = True) -> None:
+        """Store this contract (:meth:`to_json`) in an ``onnx.ModelProto``'s ``metadata_props``
+        under :data:`CONTRACT_KEY`, replacing any contract there.
+
+        Args:
+            proto: The model, changed in place.
+            keep_others: Keep the model's other metadata entries (each key once, in order);
+                False: the contract becomes its only entry.
+        """
+        meta = _metadata_props(proto) if keep_others else {}
+        meta[CONTRACT_KEY] = self.to_json()
+        del proto.metadata_props[:]
+        for key, value in meta.items():
+            proto.metadata_props.add(key=key, value=value)
 
     def normalize(self, x: Any) -> Any:
         """``x * scale + offset``: float32 pixels as the model wants them (a NumPy array or a

@@ -264,6 +264,38 @@ def test_write_temperature_refuses_a_bad_value(tmp_path: Path) -> None:
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_write_temperature_keeps_the_other_metadata_entries(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    source, out = tmp_path / "tagged.onnx", tmp_path / "calibrated.onnx"
+    proto = onnx.load(str(MODEL))
+    proto.metadata_props.add(key="author", value="someone")
+    onnx.save(proto, str(source))
+    write_temperature(source, out, 1.5)
+    written = onnx.load(str(out))
+    keys = [p.key for p in written.metadata_props]
+    assert keys == [p.key for p in proto.metadata_props]  # the same entries, in the same order, each once
+    assert {p.key: p.value for p in written.metadata_props}["author"] == "someone"
+    assert ModelContract.from_proto(written).temperature == 1.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibrated.onnx", "tagged.onnx"]  # no partial file left
+
+
+def test_contract_read_and_written_on_a_model_proto() -> None:
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(MODEL))
+    contract = ModelContract.from_proto(proto)
+    assert contract == EmotionClassifier.from_path(MODEL).contract  # as the stream reads the file
+    proto.metadata_props.add(key="author", value="someone")
+    changed = ModelContract(labels=("a", "b"), input_size_wh=(32, 32))
+    changed.write_to(proto)
+    assert ModelContract.from_proto(proto) == changed
+    assert "author" in {p.key for p in proto.metadata_props}
+    changed.write_to(proto, keep_others=False)
+    assert [p.key for p in proto.metadata_props] == ["emostream.contract"]
+    del proto.metadata_props[:]
+    with pytest.raises(ModelError, match=r"tagged has no 'emostream\.contract' metadata"):
+        ModelContract.from_proto(proto, origin="tagged")
+
+
 def test_calibrate_command_end_to_end(tmp_path: Path) -> None:
     root = write_ferplus(tmp_path / "ferplus", folders=("val", "test"))
     out, report = tmp_path / "cal.onnx", tmp_path / "cal.json"

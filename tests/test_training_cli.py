@@ -69,8 +69,9 @@ def _report(path: Path) -> dict:
 
 def test_train_writes_the_run_folder(fer_run: Path) -> None:
     for name in ("model.keras", "model.onnx", "report.json", "confusion_matrix.png", "history.png",
-                 "history.csv", "model.contract.json", "parity_images.npy"):
+                 "history.csv", "model.contract.json", "parity_images.npy", "last.keras", "state.json"):
         assert (fer_run / name).is_file(), name
+    assert not list(fer_run.glob("*.partial.*"))  # every file written under a temporary name was renamed
     for picture in ("confusion_matrix.png", "history.png"):
         assert cv2.imread(str(fer_run / picture)) is not None
     report = _report(fer_run / "report.json")

@@ -122,6 +122,7 @@ def test_detected_faces_largest_face_not_found_and_cache(tmp_path: Path) -> None
     assert [r["file"] for r in part.not_found["val"]] == ["img003.png"]
     cached = list(cache_dir().glob("photos-*.npz"))
     assert len(cached) == 1
+    assert not list(cache_dir().glob("*.partial.*"))
 
     from stream.config import Config
     from stream.infer import FaceDetector

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.contract import CONTRACT_KEY, ModelContract, calibrated
+from stream.contract import ModelContract, calibrated
 from stream.errors import DataError, ModelError
 from training.export import save_onnx
 from training.metrics import ECE_BINS, expected_calibration_error, negative_log_likelihood
@@ -209,14 +209,9 @@ def write_contract(onnx_path: Path, out_path: Path, **changes: Any) -> ModelCont
         proto = onnx.load(str(onnx_path))
     except Exception as err:  # onnx raises DecodeError, OSError...
         raise ModelError(f"model '{onnx_path}' could not be read as ONNX: {err}") from err
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if CONTRACT_KEY not in meta:
-        raise ModelError(f"model '{onnx_path}': no '{CONTRACT_KEY}' metadata entry")
-    contract = ModelContract.from_json(meta[CONTRACT_KEY], origin=f"model '{onnx_path}'")
+    contract = ModelContract.from_proto(proto, origin=f"model '{onnx_path}'")
     contract = dataclasses.replace(contract, **changes)
     contract.validate(f"model '{onnx_path}' with {', '.join(sorted(changes))} changed")
-    meta[CONTRACT_KEY] = contract.to_json()
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, meta)
+    contract.write_to(proto)  # the model's other metadata entries stay
     save_onnx(proto, out_path)
     return contract

@@ -59,7 +59,8 @@ from typing import Any, Literal
 import numpy as np
 
 from stream.contract import FER2013_LABELS
-from stream.errors import DataError
+from stream.errors import DataError, OutputError
+from stream.render.outputs import OutputGroup
 from training.data import (
     FERPLUS_FOLDERS,
     SPLITS,
@@ -425,10 +426,12 @@ def load_labelled_set(
             cached = _detect_crops(images_dir, files, detector, size_wh, color, crop)
             if use_cache:
                 try:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".partial.npz")
-                    np.savez(tmp, crops=cached[0], found=cached[1], n_faces=cached[2])
-                    os.replace(tmp, path)
+                    with OutputGroup() as out:
+                        target = out.add(path, "crop cache")
+                        np.savez(target.write_path, crops=cached[0], found=cached[1], n_faces=cached[2])
+                        out.commit()
+                except OutputError as err:
+                    log.warning("%s", err)
                 except OSError as err:
                     log.warning("crop cache '%s' could not be written: %s", path, err)
         crops, found = cached[0], cached[1]

@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stream.contract import CONTRACT_KEY, FER2013_LABELS, ModelContract
-from stream.errors import ModelError
+from stream.contract import FER2013_LABELS, ModelContract
+from stream.errors import ModelError, OutputError
+from stream.render.outputs import write_output
 from training.data import Color, prepare_images
 
 if TYPE_CHECKING:
@@ -145,10 +144,7 @@ def read_contract(onnx_path: Path) -> ModelContract:
         proto = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as err:  # onnx raises DecodeError, OSError...
         raise ModelError(f"model '{onnx_path}' could not be read as ONNX: {err}") from err
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if CONTRACT_KEY not in meta:
-        raise ModelError(f"model '{onnx_path}': no '{CONTRACT_KEY}' metadata entry")
-    return ModelContract.from_json(meta[CONTRACT_KEY], origin=str(onnx_path))
+    return ModelContract.from_proto(proto, origin=f"model '{onnx_path}'")
 
 
 def contract_for_keras(
@@ -296,8 +292,7 @@ def export_keras(
         batch_dim = value.type.tensor_type.shape.dim[0]
         batch_dim.ClearField("dim_value")
         batch_dim.dim_param = "batch"
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {CONTRACT_KEY: contract.to_json()})
+    contract.write_to(proto, keep_others=False)
     proto.producer_name = "emostream.training"
     try:
         onnx.checker.check_model(proto)
@@ -321,24 +316,16 @@ def export_keras(
 
 
 def save_onnx(proto: Any, out_path: Path) -> None:
-    """Write an ONNX model under a temporary name in the target folder, then rename: never half-written.
+    """Write an ONNX model under a temporary name in the target folder, then rename: never half-written
+    (:func:`stream.render.outputs.write_output`).
 
     Raises:
         ModelError: ``out_path`` cannot be written.
     """
-    out_path = Path(out_path)
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(proto.SerializeToString())
-            os.replace(tmp, out_path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as err:
-        raise ModelError(f"model '{out_path}' could not be written: {err.strerror or err}") from err
+        write_output(out_path, proto.SerializeToString(), "model")
+    except OutputError as err:
+        raise ModelError(str(err)) from err
 
 
 def _rename_output(graph: Any, name: str) -> None:

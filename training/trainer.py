@@ -32,7 +32,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ import tensorflow as tf
 from stream.config import TrainingConfig
 from stream.contract import ModelContract
 from stream.errors import DataError, ModelError, OutputError
+from stream.render.outputs import OutputGroup
 from training.data import Dataset, Split, convert_images
 from training.evaluate import (
     EvaluationReport,
@@ -245,8 +245,9 @@ STATE_FILE = "state.json"
 class _EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: the whole model (optimizer included) and the callbacks' state.
 
-    Both files are written under a temporary name and renamed, so a run killed
-    at any moment leaves the previous epoch's checkpoint intact.
+    Both files are written under a temporary name and renamed together
+    (:class:`stream.render.outputs.OutputGroup`), so a run killed at any moment
+    leaves the previous epoch's checkpoint intact.
     """
 
     def __init__(self, run_dir: Path, config: TrainingConfig, best: _BestCheckpoint,
@@ -259,9 +260,6 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.watchers = watchers
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        tmp = self.run_dir / f".{LAST_MODEL}.tmp.keras"
-        self.model.save(tmp, overwrite=True)
-        os.replace(tmp, self.run_dir / LAST_MODEL)
         state = {
             "epoch": epoch + 1,
             "best": list(self.best.best),
@@ -271,13 +269,12 @@ class _EpochCheckpoint(keras.callbacks.Callback):
                          for name, cb in self.watchers.items()},
             "config": dataclasses.asdict(self.config),
         }
-        _write_json(self.run_dir / STATE_FILE, state)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+        with OutputGroup() as out:  # renamed in this order: the model, then the state that names its epoch
+            model = out.add(self.run_dir / LAST_MODEL, "checkpoint")
+            out.add(self.run_dir / STATE_FILE, "checkpoint state")
+            self.model.save(model.write_path, overwrite=True)
+            out.write(self.run_dir / STATE_FILE, json.dumps(state, indent=1))
+            out.commit()
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
