@@ -23,7 +23,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stream.contract import CONTRACT_KEY, ModelContract
+from stream.contract import ModelContract
 from training.data import load_ferplus_dir, prepare_images
 
 
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     model = onnx.load(str(args.source))
-    meta = {m.key: m.value for m in model.metadata_props}
-    contract = ModelContract.from_json(meta[CONTRACT_KEY], origin=str(args.source))
+    contract = ModelContract.from_proto(model, origin=str(args.source))
     val = load_ferplus_dir(args.ferplus_dir, splits=("val",)).converted(contract.input_size_wh, contract.color)
     images = val.splits["val"].images
     pick = np.random.default_rng(args.seed).choice(len(images), min(args.faces, len(images)), replace=False)
@@ -69,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     quantize_static(str(args.source), str(args.out), _Faces(name, x), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     out = onnx.load(str(args.out))
-    present = {m.key for m in out.metadata_props}
-    for key, value in meta.items():  # the contract travels with the model
-        if key not in present:
-            out.metadata_props.add(key=key, value=value)
+    contract.write_to(out)  # the contract travels with the model
     onnx.save(out, str(args.out))
     print(f"{args.source.name}: {_ms_per_face(args.source, x[:16]):.3f} ms/face; "
           f"{args.out.name}: {_ms_per_face(args.out, x[:16]):.3f} ms/face (batch 16, 1 thread)")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from stream.contract import CONTRACT_KEY, Color, ModelContract
+from stream.contract import Color, ModelContract
 from stream.errors import ModelError
 from stream.infer.session import BatchBuckets, create_session
 
@@ -168,12 +168,7 @@ class EmotionClassifier:
         """
         session = create_session(path, providers, threads, what="classifier", provider_opts=provider_opts)
         meta = session.get_modelmeta().custom_metadata_map
-        if CONTRACT_KEY not in meta:
-            raise ModelError(
-                f"classifier model '{path}' has no '{CONTRACT_KEY}' metadata: export it with "
-                "'emostream export' so the stream knows its labels and input"
-            )
-        contract = ModelContract.from_json(meta[CONTRACT_KEY], origin=f"classifier model '{path}'")
+        contract = ModelContract.from_metadata(meta, origin=f"classifier model '{path}'")
         if uint8_input:  # now that the contract says how to normalise: into the graph
             session = create_session(path, providers, threads, what="classifier", provider_opts=provider_opts,
                                      uint8_normalize=(contract.normalize_scale, contract.normalize_offset))
