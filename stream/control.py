@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from stream.pipeline import Pipeline
 
 __all__ = ["NameInUse", "NoSourcesFile", "NotRunning", "ReloadError", "ReloadResult", "SourceControl", "UnknownSource",
-           "file_keys", "spec_from_json"]
+           "check_openable", "file_keys", "free_name", "reload_plan", "spec_from_json"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,38 @@ def file_keys(file_specs: Sequence[SourceSpec], first_id: int) -> dict[int, str]
         first_id: The ``source_id`` of the first of them (the command line's sources come first).
     """
     return {first_id + i: s.name for i, s in enumerate(unique_names(file_specs))}
+
+
+def reload_plan(wanted: Sequence[tuple[str, SourceSpec]], states: Iterable[tuple[str, str]]
+                ) -> tuple[list[tuple[str, SourceSpec]], list[str]]:
+    """What a reload changes (see the module docstring): the file's entries to add, the keys to remove.
+
+    Args:
+        wanted: The sources file's entries as ``(key, spec)`` (:meth:`SourceControl.file_entries`).
+        states: ``(key, state)`` of every source that came from the file, ended ones included
+            (``running``, ``ended``, ``failed`` or ``removed``); a key may come more than once
+            (a removed source added again).
+    """
+    rank = {RUNNING: 3, ENDED: 2}
+    current: dict[str, str] = {}
+    for key, state in states:
+        if rank.get(state, 1) > rank.get(current.get(key, ""), 0):
+            current[key] = state
+    keys = {key for key, _ in wanted}
+    new = [(key, spec) for key, spec in wanted if current.get(key) not in (RUNNING, ENDED)]
+    return new, [key for key, state in current.items() if state == RUNNING and key not in keys]
+
+
+def check_openable(specs: Iterable[SourceSpec], where: str) -> None:
+    """Refuse a reload whose new sources name a file that is not there (the common mistake), before any change.
+
+    Raises:
+        ReloadError: One of them is a path to nothing.
+    """
+    for spec in specs:
+        if not spec.spec.isdigit() and not is_stream_url(spec.spec) and not os.path.exists(spec.spec):
+            raise ReloadError(f"{where} (the sources are left as they were): source '{printable(spec.spec)}' "
+                              "could not be opened: no such file")
 
 
 def spec_from_json(data: Any, *, paced: bool = False) -> SourceSpec:
@@ -237,7 +269,7 @@ class SourceControl:
             if names.get(spec.name) == RUNNING:
                 raise NameInUse(f"a running source is named '{spec.name}': remove it first, or give another name")
             if spec.name in names:  # an ended source's outputs keep their name
-                spec = replace(spec, name=_free_name(spec.name, names))
+                spec = replace(spec, name=free_name(spec.name, names))
         source_id = pipeline.add_source(spec)
         with self._lock:
             entry = self._entries.setdefault(source_id, _Entry(pipeline.summaries[source_id]))
@@ -293,14 +325,9 @@ class SourceControl:
         with self._lock:
             from_file = [(e.key, e) for e in self._entries.values() if e.key is not None]
         running = {key: e for key, e in from_file if e.state == RUNNING}
-        finished = {key for key, e in from_file if e.state == ENDED}  # played to its end: not played again
-        keys = {key for key, _ in wanted}
-        new = [(key, spec) for key, spec in wanted if key not in running and key not in finished]
-        for _, spec in new:  # before any change: a missing file is the common mistake
-            if not spec.spec.isdigit() and not is_stream_url(spec.spec) and not os.path.exists(spec.spec):
-                raise ReloadError(f"{where} (the sources are left as they were): source '{printable(spec.spec)}' "
-                                  "could not be opened: no such file")
-        result = ReloadResult(unchanged=[e.summary.name for key, e in running.items() if key in keys])
+        new, gone = reload_plan(wanted, [(key, e.state) for key, e in from_file])
+        check_openable([spec for _, spec in new], where)
+        result = ReloadResult(unchanged=[e.summary.name for key, e in running.items() if key not in gone])
         added: list[int] = []
         try:
             for key, spec in new:
@@ -312,9 +339,8 @@ class SourceControl:
                 with contextlib.suppress(StreamError):
                     self.remove(source_id)
             raise ReloadError(f"{where} (the sources are left as they were): {err}") from None
-        for key, entry in running.items():
-            if key in keys:
-                continue
+        for key in gone:
+            entry = running[key]
             try:
                 self.remove(entry.summary.source_id)
             except NotRunning:
@@ -328,7 +354,8 @@ class SourceControl:
         return self.pipeline
 
 
-def _free_name(name: str, taken: Mapping[str, object] | Sequence[str]) -> str:
+def free_name(name: str, taken: Mapping[str, object] | Sequence[str] | set[str]) -> str:
+    """``name-2`` (``-3`` ...): the first not in ``taken`` (an ended source's outputs keep their name)."""
     k = 2
     while f"{name}-{k}" in taken:
         k += 1

@@ -40,6 +40,11 @@ A group whose actor died :data:`MAX_RESTARTS` times ends with an error. A source
 ends alone, as in one process; a camera that is down at start is retried on its actor like one
 that dies later, while the group's others run.
 
+Cameras come and go while the fleet runs: with a sources file, setting ``FleetOptions.reload``
+(SIGHUP in ``emostream run``) re-reads it as one process does (:mod:`stream.control`: matched by
+name; a camera no longer listed is removed from its actor, its log finalised; a new entry starts
+on new actors, ``sources_per_worker`` to each; every other camera is left alone).
+
 Imported only with ``--ray``; ``ray`` itself is imported inside the functions.
 """
 
@@ -52,16 +57,18 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from stream.capture.live import is_stream_url
 from stream.capture.sources import is_remote_file
-from stream.capture.spec import SourceSpec, unique_names
+from stream.capture.spec import SourceSpec, load_sources, unique_names
 from stream.cluster import ModelActor
 from stream.config import Config
+from stream.contract import printable
+from stream.control import ENDED, FAILED, REMOVED, RUNNING, ReloadResult, check_openable, free_name, reload_plan
 from stream.errors import ConfigError, ModelError, StreamError
 from stream.logtap import WarningTap
 from stream.redact import redact_url
@@ -95,6 +102,10 @@ class FleetOptions:
         interrupt: Set (by a signal handler) to stop every actor and finalise the logs.
         poll_s: How often the driver pulls records and health from the actors.
         health_every_s: How often ``on_health`` gets a line per camera (None: never).
+        sources_file: The sources file a reload re-reads (None: no reload).
+        file_keys: ``{camera id: its name in the sources file}`` of the cameras that came from it
+            (:func:`stream.control.file_keys`).
+        reload: Set (by a SIGHUP handler) to re-read ``sources_file``; the driver clears it.
     """
 
     ray: str = ""
@@ -106,6 +117,9 @@ class FleetOptions:
     interrupt: threading.Event | None = None
     poll_s: float = 0.5
     health_every_s: float | None = 30.0
+    sources_file: Path | None = None
+    file_keys: Mapping[int, str] = field(default_factory=dict)
+    reload: threading.Event | None = None
 
 
 @dataclass
@@ -156,10 +170,11 @@ class FleetTap:
         self.last_error: dict[int, str] = {}
         self.lost: dict[int, int] = {}  # per camera, records dropped from the full buffer (all this actor's run)
         self.replayed = [0] * len(self.ids)  # per camera, frames read again and skipped (already in the log)
+        self.started = threading.Event()  # the pipeline has opened its sources
         self._lock = threading.Lock()
 
     def on_start(self, summaries: list[RunSummary]) -> None:
-        pass
+        self.started.set()
 
     def on_result(self, result: Any, summary: RunSummary) -> None:
         from stream.render.record import frame_event
@@ -246,6 +261,7 @@ class FleetWorker(ModelActor):
         self.tap: FleetTap | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pipeline: Any = None
         self._summaries: list[RunSummary] = []
         self._failure = ""
 
@@ -274,6 +290,7 @@ class FleetWorker(ModelActor):
         logging.getLogger("stream").addHandler(WarningTap(tap.note_log))
         pipeline = Pipeline(specs, self.config, RunOptions(display=False, interrupt=self._stop), self.models,
                             sinks=[tap])
+        self._pipeline = pipeline
 
         def work() -> None:
             try:
@@ -307,6 +324,23 @@ class FleetWorker(ModelActor):
                                 for s in self._summaries}
         return answer
 
+    def remove(self, gid: int) -> dict[str, Any]:
+        """Stop camera ``gid`` (its last records come with the next polls, then its end); the others go on.
+
+        Returns ``{}``, or ``{"error": ...}`` when it is not running here (ended already, or never started).
+        """
+        tap, thread = self.tap, self._thread
+        if tap is None or thread is None or gid not in tap.ids:
+            return {"error": f"camera {gid} is not on this worker"}
+        while not tap.started.wait(0.1):  # a remove that came right after start: once the sources are open
+            if not thread.is_alive():
+                return {"error": "its pipeline has ended"}
+        try:
+            self._pipeline.remove_source(tap.ids.index(gid))
+        except StreamError as err:
+            return {"error": redact_url(str(err))}
+        return {}
+
     def stop(self, acked: dict[int, int] | None = None) -> dict[str, Any]:
         """End the pipeline (its sources closed), then the last :meth:`poll`."""
         self._stop.set()
@@ -325,6 +359,8 @@ class _Camera:
     gid: int
     spec: SourceSpec
     summary: RunSummary
+    key: str | None = None  # its name in the sources file, when it came from there (a reload matches it)
+    removing: bool = False  # a reload removed it: its actor was told to stop it
     events_path: Path | None = None
     events: Any = None  # its EventLog, or None when event logs are off
     t_start: float | None = None
@@ -456,26 +492,34 @@ def _prepare(specs: Sequence[SourceSpec], config: Config, options: FleetOptions)
     """Names, log paths and the actors' config; refuses what a fleet cannot do."""
     specs = unique_names(specs)
     for spec in specs:
-        if spec.output is not None:
-            raise ConfigError(f"source '{spec.name}': 'output' is set, but camera fleets on Ray write no annotated "
-                              f"video (event logs only); remove it or run without --ray")
+        _refuse_video(spec)
     # Actors run in another folder, maybe on another node: every path they get is absolute.
     worker_config = config.with_overrides({
         "classifier.model": config.classifier.model.expanduser().absolute(),
         "detector.model": config.detector.model.expanduser().absolute(),
         "output.video": False, "output.events": False, "output.progress": False, "output.display": "off"})
-    cameras = []
-    for i, spec in enumerate(specs):
-        events = spec.events or (config.output.dir / f"{spec.name}.events.jsonl" if config.output.events else None)
-        cameras.append(_Camera(i, replace(spec, output=None, events=None, max_frames=None),
-                               RunSummary(source=redact_url(spec.name), source_id=i),
-                               events_path=Path(events).expanduser().absolute() if events is not None else None,
-                               max_frames=spec.max_frames or options.max_frames, replayable=replayable(spec)))
+    cameras = [_camera(i, spec, config, options) for i, spec in enumerate(specs)]
     return cameras, worker_config
 
 
+def _refuse_video(spec: SourceSpec) -> None:
+    if spec.output is not None:
+        raise ConfigError(f"source '{spec.name}': 'output' is set, but camera fleets on Ray write no annotated "
+                          f"video (event logs only); remove it or run without --ray")
+
+
+def _camera(gid: int, spec: SourceSpec, config: Config, options: FleetOptions) -> _Camera:
+    events = spec.events or (config.output.dir / f"{spec.name}.events.jsonl" if config.output.events else None)
+    return _Camera(gid, replace(spec, output=None, events=None, max_frames=None),
+                   RunSummary(source=redact_url(spec.name), source_id=gid),
+                   key=options.file_keys.get(gid),
+                   events_path=Path(events).expanduser().absolute() if events is not None else None,
+                   max_frames=spec.max_frames or options.max_frames, replayable=replayable(spec))
+
+
 def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions,
-              on_health: Callable[[list[str]], None] | None = None) -> FleetResult:
+              on_health: Callable[[list[str]], None] | None = None,
+              on_reload: Callable[[str], None] | None = None) -> FleetResult:
     """Run the cameras on Ray actors until they end, ``max_seconds`` pass or the interrupt is set.
 
     Args:
@@ -483,9 +527,12 @@ def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions
         config: Configuration; ``output.dir`` holds the default event logs, written here on the driver.
         options: Fleet choices.
         on_health: Called with one line per camera every ``options.health_every_s``.
+        on_reload: Called with one line for each reload of the sources file that changed something
+            or not (a bad file is one warning line, and changes nothing).
 
     Returns:
-        One summary per camera (its ``error`` set if it failed) and the restarts of each.
+        One summary per camera, added ones included (its ``error`` set if it failed), and the
+        restarts of each.
 
     Raises:
         ConfigError: Ray is missing or unreachable, or a source asks for what a fleet cannot do.
@@ -521,7 +568,8 @@ def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions
                 signal.signal(sig, handler)
         import ray
 
-        _Driver(ray, NAMESPACE, groups, worker_config, options, interrupt, on_health, result).run()
+        _Driver(ray, NAMESPACE, groups, cameras, worker_config, config, options, interrupt, result,
+                on_health, on_reload).run()
         failed = False
     except KeyboardInterrupt:  # a second Ctrl-C: leave now, logs finalised below
         for cam in cameras:
@@ -545,13 +593,33 @@ def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions
                 lost = (f"{cam.lost} event record(s) lost: its worker's buffer ({BUFFER_RECORDS} records) was "
                         "full (the driver fell behind)")
                 cam.summary.warning = f"{cam.summary.warning}; {lost}" if cam.summary.warning else lost
+        result.summaries = [c.summary for c in cameras]  # added ones too
         result.restarts = [c.restarts for c in cameras]
         result.records_lost = sum(c.lost for c in cameras)
+        result.workers = len(groups)
         if started:
             import ray
 
             ray.shutdown()
     return result
+
+
+def _finish(cam: _Camera) -> None:
+    """Publish an ended camera's event log now (as one process does), not when the whole fleet ends."""
+    if cam.events is not None:
+        cam.events.close()
+        if cam.events.published:
+            cam.summary.outputs = [cam.events.path]
+        cam.events = None
+
+
+def _state(cam: _Camera) -> str:
+    """The camera's state in :mod:`stream.control`'s terms (what a reload goes by)."""
+    if cam.removing or cam.summary.warning == "removed":
+        return REMOVED
+    if not cam.ended:
+        return RUNNING
+    return FAILED if cam.summary.error is not None else ENDED
 
 
 def _acked(group: _Group) -> dict[int, int]:
@@ -562,16 +630,20 @@ def _acked(group: _Group) -> dict[int, int]:
 class _Driver:
     """The driver's loop: start actors, pull records, replace dead actors, stop everything at the end."""
 
-    def __init__(self, ray: Any, namespace: str, groups: list[_Group], config: Config, options: FleetOptions,
-                 interrupt: threading.Event, on_health: Callable[[list[str]], None] | None,
-                 result: FleetResult) -> None:
+    def __init__(self, ray: Any, namespace: str, groups: list[_Group], cameras: list[_Camera], config: Config,
+                 out_config: Config, options: FleetOptions, interrupt: threading.Event, result: FleetResult,
+                 on_health: Callable[[list[str]], None] | None,
+                 on_reload: Callable[[str], None] | None) -> None:
         self.ray = ray
         self.namespace = namespace
-        self.groups = groups
-        self.config = config
+        self.groups = groups  # a reload appends the new cameras' groups
+        self.cameras = cameras  # every camera, in id order; a reload appends to it
+        self.config = config  # the actors' config
+        self.out_config = out_config  # the driver's: where an added camera's log goes
         self.options = options
         self.interrupt = interrupt
         self.on_health = on_health
+        self.on_reload = on_reload
         self.result = result
         self.remote = ray.remote(FleetWorker)
         self.run_id = uuid.uuid4().hex[:8]
@@ -601,6 +673,10 @@ class _Driver:
                         for cam in group.cameras:
                             cam.summary.interrupted = not cam.ended
                     break
+                reload = self.options.reload
+                if reload is not None and reload.is_set():
+                    reload.clear()
+                    self._reload()
                 tick = time.perf_counter()
                 for group in self.groups:
                     if not group.done and group.poll_ref is None:
@@ -617,6 +693,66 @@ class _Driver:
                 self.interrupt.wait(max(0.0, self.options.poll_s - (time.perf_counter() - tick)))
         finally:
             self._stop_all(RayActorError)
+
+    def _reload(self) -> None:
+        """Re-read the sources file: remove the cameras it no longer lists, start its new ones on new actors."""
+        from stream.render.record import EventLog
+
+        path = self.options.sources_file
+        if path is None:
+            log.warning("no sources file to reload: start with --sources FILE.yaml")
+            return
+        where = f"sources file '{printable(str(path))}' not reloaded"
+        from_file = [c for c in self.cameras if c.key is not None]
+        running = {c.key: c for c in from_file if _state(c) == RUNNING}
+        try:
+            wanted = [(s.name, s) for s in unique_names(load_sources(path))]
+            new, gone = reload_plan(wanted, [(c.key, _state(c)) for c in from_file if c.key is not None])
+            check_openable([spec for _, spec in new], where)
+            for _, spec in new:
+                _refuse_video(spec)
+        except StreamError as err:
+            log.warning("%s", err if str(err).startswith(where) else
+                        f"{where} (the sources are left as they were): {err}")
+            return
+        taken = {c.spec.name for c in self.cameras}
+        added: list[_Camera] = []
+        try:
+            for key, spec in new:
+                name = key if key not in taken else free_name(key, taken)  # an ended camera's log keeps its name
+                taken.add(name)
+                cam = _camera(len(self.cameras) + len(added), replace(spec, name=name), self.out_config,
+                              self.options)
+                cam.key = key
+                if cam.events_path is not None:
+                    cam.events = EventLog(cam.events_path)
+                added.append(cam)
+        except StreamError as err:
+            for cam in added:
+                if cam.events is not None:
+                    cam.events.abort()
+            log.warning("%s (the sources are left as they were): %s", where, err)
+            return
+        result = ReloadResult(added=[c.spec.name for c in added],
+                              unchanged=[c.spec.name for key, c in running.items() if key not in gone])
+        for key in gone:
+            cam = running[key]
+            group = next(g for g in self.groups if cam in g.cameras)
+            cam.removing = True
+            if group.actor is not None:
+                group.actor.remove.remote(cam.gid)  # its end comes back with a poll
+            result.removed.append(cam.spec.name)
+        t0 = time.perf_counter()
+        per = max(1, self.options.sources_per_worker)
+        for cam in added:
+            cam.t_start = t0
+        self.cameras.extend(added)
+        for i in range(0, len(added), per):
+            group = _Group(added[i:i + per])
+            self.groups.append(group)
+            self._launch(group)
+        if self.on_reload is not None:
+            self.on_reload(result.line(path))
 
     def _launch(self, group: _Group) -> None:
         self.made += 1
@@ -674,6 +810,7 @@ class _Driver:
                 cam.summary.error = StreamError(end["error"])
                 cam.last_error = end["error"]
                 log.warning("camera %s failed: %s", cam.summary.source, end["error"])
+            _finish(cam)  # its records all came before its end: the log is complete
         if answer["done"]:
             counts = answer.get("counts", {})
             for cam in group.cameras:
@@ -693,6 +830,9 @@ class _Driver:
         self._kill(group)
         for cam in group.cameras:
             cam.end_run(None)
+            if cam.removing and not cam.ended:  # removed by a reload: not started again
+                cam.ended = True
+                cam.summary.warning = "removed"
             if not cam.ended and cam.max_frames is not None and cam.next_frame >= cam.max_frames:
                 cam.ended = True  # its last frame is written: nothing left for a new actor
         alive = [c for c in group.cameras if not c.ended]

@@ -260,3 +260,56 @@ def test_a_killed_worker_is_replaced_and_its_camera_loses_no_frame(tmp_path: Pat
     print(f"camB: {len(camb)} frames, resumed at frame {resumed[0]} ({before} in its log at the kill; "
           f"frames {lost_with_the_actor[0]}..{lost_with_the_actor[-1]} were held unsent by the killed actor), "
           f"gap {first['gap_s']} s; camA: {len(cama)} frames")
+
+
+def test_a_fleet_reloads_its_sources_file_on_sighup(tmp_path: Path, clips: dict[str, Path],
+                                                    ray_address: str) -> None:
+    """SIGHUP with an edited sources file: the camera no longer listed is removed from its actor (its log
+    finalised at once), the new one starts on a new actor, the one left alone goes on undisturbed; a bad
+    file changes nothing."""
+    from stream.render.outputs import partial_path
+
+    out, cams = tmp_path / "out", tmp_path / "cams.yaml"
+
+    def write(entries: dict[str, Path]) -> None:
+        cams.write_text("sources:\n" + "".join(f"  - {{name: {name}, path: '{clip}', paced: true}}\n"
+                                               for name, clip in entries.items()))
+
+    write({"camA": clips["vga"], "camB": clips["vga"]})
+    stderr = tmp_path / "run.stderr"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "stream", "run", "--sources", str(cams), "--ray", ray_address,
+                                 "--sources-per-worker", "2", "--max-seconds", "150", "--out-dir", str(out),
+                                 "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+        _wait_for("camB frames", lambda: len(_records(partial_path(out / "camB.events.jsonl"))) >= 10, proc,
+                  timeout_s=90)
+        write({"camA": clips["vga"], "camC": clips["noface"]})
+        proc.send_signal(signal.SIGHUP)
+        _wait_for("the reload line", lambda: "reloaded: added camC; removed camB; 1 unchanged" in stderr.read_text(),
+                  proc)
+        _wait_for("camB's final log", lambda: (out / "camB.events.jsonl").is_file(), proc)  # while the run goes on
+        _wait_for("camC frames", lambda: len(_records(partial_path(out / "camC.events.jsonl"))) >= 10, proc,
+                  timeout_s=90)
+        cams.write_text("sources: [unclosed")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for("the warning", lambda: "not reloaded" in stderr.read_text(), proc)
+        camc = len(_records(partial_path(out / "camC.events.jsonl")))
+        _wait_for("camC going on", lambda: len(_records(partial_path(out / "camC.events.jsonl"))) > camc + 10, proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 130, stderr.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = stderr.read_text()
+    assert "Traceback" not in text
+    assert len([line for line in text.splitlines() if "not reloaded" in line]) == 1
+    assert "[1] warning: removed" in text and "[2] wrote:" in text
+    for i, name in enumerate(("camA", "camB", "camC")):
+        records = _records(out / f"{name}.events.jsonl")
+        frames = [r["frame"] for r in records]
+        assert len(frames) >= 10 and frames == sorted(set(frames)), name
+        assert {r["source_id"] for r in records} == {i}
+        assert not any("resumed" in r for r in records)  # nobody's actor was restarted
+    assert not list(out.glob("*.partial*"))

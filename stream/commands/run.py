@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,10 +150,15 @@ def _run_fleet(args: argparse.Namespace, config: Config, specs: list[SourceSpec]
     if args.output is not None or args.display:
         raise ConfigError("--ray runs cameras on Ray workers: no --output (annotated video is off for fleets) "
                           "and no --display")
+    from stream.control import file_keys
+
+    reload = threading.Event()  # SIGHUP (a handler may only set it): the driver re-reads the sources file
     options = FleetOptions(ray=args.ray, sources_per_worker=args.sources_per_worker,
                            max_seconds=run_options.max_seconds, max_frames=run_options.max_frames,
                            interrupt=run_options.interrupt,
-                           health_every_s=5.0 if args.verbose else 30.0)
+                           health_every_s=5.0 if args.verbose else 30.0,
+                           sources_file=args.sources, reload=reload,
+                           file_keys=file_keys(specs[len(args.source):], len(args.source)) if args.sources else {})
     n = len(specs)
     workers = -(-n // options.sources_per_worker)
     say(f"fleet: {n} camera(s) on {workers} Ray worker(s), {options.sources_per_worker} per worker; event logs "
@@ -162,10 +168,9 @@ def _run_fleet(args: argparse.Namespace, config: Config, specs: list[SourceSpec]
         for line in lines:
             say(f"health: {line}")
 
-    if args.sources is not None:  # SIGHUP would end the driver: say instead that a fleet does not reload
-        signal.signal(signal.SIGHUP, lambda signum, frame: say(
-            "emostream: warning: sources file not reloaded: --ray fleets do not reload their sources yet"))
-    result = run_fleet(specs, config, options, on_health=health)
+    if args.sources is not None:
+        signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
+    result = run_fleet(specs, config, options, on_health=health, on_reload=say)
     restarts = dict(zip((s.source_id for s in result.summaries), result.restarts, strict=True))
 
     def restart_line(summary: RunSummary) -> list[str]:
