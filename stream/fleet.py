@@ -45,6 +45,10 @@ Cameras come and go while the fleet runs: with a sources file, setting ``FleetOp
 name; a camera no longer listed is removed from its actor, its log finalised; a new entry starts
 on new actors, ``sources_per_worker`` to each; every other camera is left alone).
 
+The driver's own sinks (``run_fleet(..., sinks=[...])``: the MQTT publisher, the Prometheus
+metrics) see every camera as a pipeline's sinks see its sources: each record the driver writes
+comes to them as a :class:`~stream.records.FrameResult` (its faces and event record, no pixels).
+
 Imported only with ``--ray``; ``ray`` itself is imported inside the functions.
 """
 
@@ -67,7 +71,7 @@ from stream.capture.sources import is_remote_file
 from stream.capture.spec import SourceSpec, load_sources, unique_names
 from stream.cluster import ModelActor
 from stream.config import Config
-from stream.contract import printable
+from stream.contract import ModelContract, printable
 from stream.control import ENDED, FAILED, REMOVED, RUNNING, ReloadResult, check_openable, free_name, reload_plan
 from stream.errors import ConfigError, ModelError, StreamError
 from stream.logtap import WarningTap
@@ -361,6 +365,7 @@ class _Camera:
     summary: RunSummary
     key: str | None = None  # its name in the sources file, when it came from there (a reload matches it)
     removing: bool = False  # a reload removed it: its actor was told to stop it
+    told_end: bool = False  # the driver's sinks were told it ended
     events_path: Path | None = None
     events: Any = None  # its EventLog, or None when event logs are off
     t_start: float | None = None
@@ -519,7 +524,7 @@ def _camera(gid: int, spec: SourceSpec, config: Config, options: FleetOptions) -
 
 def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions,
               on_health: Callable[[list[str]], None] | None = None,
-              on_reload: Callable[[str], None] | None = None) -> FleetResult:
+              on_reload: Callable[[str], None] | None = None, sinks: Sequence[Any] = ()) -> FleetResult:
     """Run the cameras on Ray actors until they end, ``max_seconds`` pass or the interrupt is set.
 
     Args:
@@ -529,6 +534,8 @@ def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions
         on_health: Called with one line per camera every ``options.health_every_s``.
         on_reload: Called with one line for each reload of the sources file that changed something
             or not (a bad file is one warning line, and changes nothing).
+        sinks: Told of every camera's start, records and end (:class:`stream.sinks.Sink`, on this
+            thread; no pixels: declare ``wants_images = False``).
 
     Returns:
         One summary per camera, added ones included (its ``error`` set if it failed), and the
@@ -568,8 +575,9 @@ def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions
                 signal.signal(sig, handler)
         import ray
 
+        labels = ModelContract.from_onnx(worker_config.classifier.model).labels if sinks else ()
         _Driver(ray, NAMESPACE, groups, cameras, worker_config, config, options, interrupt, result,
-                on_health, on_reload).run()
+                on_health, on_reload, list(sinks), labels).run()
         failed = False
     except KeyboardInterrupt:  # a second Ctrl-C: leave now, logs finalised below
         for cam in cameras:
@@ -633,7 +641,7 @@ class _Driver:
     def __init__(self, ray: Any, namespace: str, groups: list[_Group], cameras: list[_Camera], config: Config,
                  out_config: Config, options: FleetOptions, interrupt: threading.Event, result: FleetResult,
                  on_health: Callable[[list[str]], None] | None,
-                 on_reload: Callable[[str], None] | None) -> None:
+                 on_reload: Callable[[str], None] | None, sinks: list[Any], labels: Sequence[str]) -> None:
         self.ray = ray
         self.namespace = namespace
         self.groups = groups  # a reload appends the new cameras' groups
@@ -644,6 +652,8 @@ class _Driver:
         self.interrupt = interrupt
         self.on_health = on_health
         self.on_reload = on_reload
+        self.sinks = sinks
+        self.labels = tuple(labels)
         self.result = result
         self.remote = ray.remote(FleetWorker)
         self.run_id = uuid.uuid4().hex[:8]
@@ -659,6 +669,8 @@ class _Driver:
             log.warning("%d workers ask for %g CPUs but the cluster has %g: some cameras wait for a worker "
                         "(raise --sources-per-worker)", len(self.groups), need, cpus)
         t0 = time.perf_counter()
+        for sink in self.sinks:
+            sink.on_start([c.summary for c in self.cameras])
         for group in self.groups:
             for cam in group.cameras:
                 cam.t_start = t0
@@ -747,6 +759,11 @@ class _Driver:
         for cam in added:
             cam.t_start = t0
         self.cameras.extend(added)
+        for cam in added:
+            for sink in self.sinks:
+                added_hook = getattr(sink, "on_source_added", None)
+                if callable(added_hook):
+                    added_hook(cam.summary)
         for i in range(0, len(added), per):
             group = _Group(added[i:i + per])
             self.groups.append(group)
@@ -791,9 +808,15 @@ class _Driver:
             self._replace(group, err)
 
     def _take(self, group: _Group, answer: dict[str, Any]) -> None:
+        from stream.render.record import result_of_event
+
         by_id = {c.gid: c for c in group.cameras}
         for record in answer["records"]:
-            by_id[record["source_id"]].write(record)  # each frame once: one the log has is not written again
+            cam = by_id[record["source_id"]]
+            if cam.write(record) and self.sinks:  # each frame once: one the log has is not written again
+                result = result_of_event(record, self.labels, time.perf_counter())
+                for sink in self.sinks:
+                    sink.on_result(result, cam.summary)
         for gid, lost in answer["lost"].items():
             cam = by_id[gid]
             if lost > cam.run_lost:
@@ -810,7 +833,7 @@ class _Driver:
                 cam.summary.error = StreamError(end["error"])
                 cam.last_error = end["error"]
                 log.warning("camera %s failed: %s", cam.summary.source, end["error"])
-            _finish(cam)  # its records all came before its end: the log is complete
+            self._ended(cam)  # its records all came before its end: the log is complete
         if answer["done"]:
             counts = answer.get("counts", {})
             for cam in group.cameras:
@@ -819,6 +842,7 @@ class _Driver:
                     cam.summary.error = StreamError(answer["failure"])
                     cam.last_error = answer["failure"]
                 cam.ended = True
+                self._ended(cam)
             if answer.get("failure"):
                 log.warning("cameras %s failed: %s", ", ".join(c.summary.source for c in group.cameras),
                             answer["failure"])
@@ -833,8 +857,10 @@ class _Driver:
             if cam.removing and not cam.ended:  # removed by a reload: not started again
                 cam.ended = True
                 cam.summary.warning = "removed"
+                self._ended(cam)
             if not cam.ended and cam.max_frames is not None and cam.next_frame >= cam.max_frames:
                 cam.ended = True  # its last frame is written: nothing left for a new actor
+                self._ended(cam)
         alive = [c for c in group.cameras if not c.ended]
         names = ", ".join(c.summary.source for c in alive)
         for cam in alive:
@@ -850,10 +876,19 @@ class _Driver:
                 cam.ended = True
                 cam.summary.error = StreamError(f"camera '{cam.summary.source}': its worker died "
                                                 f"{group.deaths} times")
+                self._ended(cam)
             group.done = True
         else:
             log.warning("the worker of cameras %s died (%s); starting a new one", names, type(err).__name__)
             self._launch(group)
+
+    def _ended(self, cam: _Camera) -> None:
+        """A camera ended while the fleet runs: publish its log, tell the sinks (once)."""
+        _finish(cam)
+        if not cam.told_end:
+            cam.told_end = True
+            for sink in self.sinks:
+                sink.on_source_end(cam.summary)
 
     def _kill(self, group: _Group) -> None:
         if group.actor is None:
@@ -885,3 +920,7 @@ class _Driver:
                 if not cam.ended:
                     cam.end_run(None)
                     cam.ended = True
+                if not cam.told_end:  # the run's end (its log is finalised by run_fleet: maybe interrupted)
+                    cam.told_end = True
+                    for sink in self.sinks:
+                        sink.on_source_end(cam.summary)

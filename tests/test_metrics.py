@@ -138,3 +138,76 @@ def test_source_health_states_and_reconnects() -> None:
     summary.error = SourceError("source 'rtsp://u:pw@cam' gone")
     record = health.record(104.1)
     assert record["state"] == "failed" and "pw" not in record["error"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape_until(port: int, proc: subprocess.Popen, found, timeout_s: float = 90.0):  # type: ignore[no-untyped-def]
+    """Scrape ``--metrics`` (no token) until ``found(samples)``; the samples."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            status, _, samples = scrape(port, token=None)
+            if status == 200 and found(samples):
+                return samples
+        except OSError:
+            pass  # not listening yet
+        assert proc.poll() is None, "the run ended before the metrics were seen"
+        assert time.monotonic() < deadline, f"not seen within {timeout_s} s"
+        time.sleep(0.2)
+
+
+def _processed(samples: dict, name: str) -> float:
+    return samples.get("emostream_frames_processed_total", {}).get((("source", name),), 0.0)
+
+
+@pytest.mark.parametrize("fleet", [False, True], ids=["one-process", "fleet"])
+def test_run_serves_metrics_of_every_source(tmp_path: Path, fleet: bool, request: pytest.FixtureRequest) -> None:
+    # emostream run --metrics PORT: the same metrics as serve's, for a run in one process and for a
+    # fleet's driver (which sees its cameras' records, not their frames).
+    cams = tmp_path / "cams.yaml"
+    cams.write_text("sources:\n" + "".join(f"  - {{name: {n}, path: '{CLIP}', paced: true}}\n" for n in ("a", "b")))
+    port = _free_port()
+    ray = ["--ray", request.getfixturevalue("ray_address")] if fleet else []
+    stderr = tmp_path / "run.stderr"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "stream", "run", "--sources", str(cams), *ray,
+                                 "--metrics", str(port), "--max-seconds", "40", "--out-dir", str(tmp_path / "out"),
+                                 "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        samples = _scrape_until(port, proc, lambda s: _processed(s, "a") >= 30 and _processed(s, "b") >= 30)
+        assert samples["emostream_source_up"][(("source", "a"),)] == 1.0
+        assert samples["emostream_faces_total"][(("source", "a"),)] >= 25  # a face in (nearly) every frame
+        assert samples["emostream_frame_latency_seconds_count"][(("source", "b"),)] >= 30
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 130, stderr.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = stderr.read_text()
+    assert f"metrics: http://127.0.0.1:{port}/metrics" in text and "Traceback" not in text
+    with pytest.raises(OSError):  # closed with the run
+        scrape(port, token=None)
+
+
+def test_metrics_address_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "stream", "run", str(CLIP), "--metrics", f"127.0.0.1:{port}",
+                               "--no-progress", "--out-dir", "out"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"emostream: error: --metrics 127.0.0.1:{port}: cannot listen there: "
+                                   "Address already in use"), proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before any work

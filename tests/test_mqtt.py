@@ -467,3 +467,26 @@ def test_bad_mqtt_url_is_one_line_exit_2(url: str, fragment: str, tmp_path: Path
     proc = _cli("run", str(CLIP), "--max-frames", "1", "--no-display", "--mqtt", url, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert fragment in proc.stderr and "Traceback" not in proc.stderr and "secret" not in proc.stderr
+
+
+@needs_broker
+def test_a_fleet_publishes_every_camera_from_its_driver(broker: Broker, subscriber: Subscriber, tmp_path: Path,
+                                                        ray_address: str) -> None:
+    # --mqtt with --ray: the driver publishes each camera's faces, episodes and health from the records
+    # its actors send, as one process does from its frames; every written frame is counted once.
+    cams, out = tmp_path / "cams.yaml", tmp_path / "out"
+    cams.write_text("sources:\n" + "".join(f"  - {{name: {n}, path: '{CLIP}', paced: true}}\n" for n in ("a", "b")))
+    proc = _cli("run", "--sources", str(cams), "--ray", ray_address, "--max-seconds", "12", "--out-dir", str(out),
+                "--no-progress", "--mqtt", broker.url("fleet"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    subscriber.wait_for(lambda ms: any(m.topic == "fleet/status" and m.payload == b"offline" for m in ms))
+    for name in ("a", "b"):
+        logged = [json.loads(line) for line in (out / f"{name}.events.jsonl").read_text().splitlines()]
+        assert len(logged) > 30
+        assert {f"fleet/{name}/faces", f"fleet/{name}/health", f"fleet/{name}/availability",
+                f"fleet/{name}/face/0"} <= {m.topic for m in subscriber.messages}
+        health = subscriber.on(f"fleet/{name}/health")[-1].json()
+        assert health["state"] == "ended" and health["frames_processed"] == len(logged), health
+        assert health["mqtt_dropped"] == 0
+        faces = subscriber.on(f"fleet/{name}/faces")
+        assert faces and faces[-1].json()["frame"] <= logged[-1]["frame"]

@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--mqtt", metavar="URL",
                      help="also publish faces, episodes and health to an MQTT broker: mqtt://[user@]host[:port]/prefix "
                           "(mqtt.url; the password in $EMOSTREAM_MQTT_PASSWORD; README 'MQTT')")
+    run.add_argument("--metrics", type=metrics_address, metavar="[HOST:]PORT",
+                     help="serve Prometheus metrics of every source at http://HOST:PORT/metrics (HOST default "
+                          "127.0.0.1; any other HOST shows the numbers and source names to the network, without a "
+                          "token); needs the serve extra")
     run.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                      help="camera fleet: the sources run on Ray actors (the cluster at ADDRESS, else RAY_ADDRESS, "
                           "else a local Ray); event logs and health gathered here; no annotated video")
@@ -91,29 +95,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(display=display, max_frames=args.max_frames, max_seconds=args.max_seconds,
                          interrupt=interrupt.event)
     if args.ray is not None:
-        if config.mqtt.url:
-            raise ConfigError("--mqtt (mqtt.url) does not work with --ray yet: run without one of them")
         return _run_fleet(args, config, specs, options)
     from stream.sinks.progress import ProgressBar
 
-    models = None
-    sinks: list[Any] = []  # each closed below
-    if config.output.progress:
-        sinks.append(ProgressBar())
-    if config.mqtt.url:
-        from stream.pipeline import load_models
-        from stream.sinks.mqtt import MqttPublisher
-
-        models = load_models(config)
-        sinks.append(MqttPublisher.from_config(config, models.classifier.labels).start())
+    sinks: list[Any] = [ProgressBar()] if config.output.progress else []  # each closed below
     try:
+        sinks += _published(args, config)
         if args.sources is None:
-            summaries = Pipeline(specs, config, options, models, sinks=sinks).run()
+            summaries = Pipeline(specs, config, options, sinks=sinks).run()
         else:  # SIGHUP re-reads the sources file
             from stream.control import SourceControl, file_keys
 
             control = SourceControl(args.sources)
-            pipeline = Pipeline(specs, config, options, models, sinks=[*sinks, control])
+            pipeline = Pipeline(specs, config, options, sinks=[*sinks, control])
             control.attach(pipeline, file_keys(specs[len(args.source):], len(args.source)))
             with SighupReload(control):
                 summaries = pipeline.run()
@@ -127,6 +121,79 @@ def _cmd_run(args: argparse.Namespace) -> int:
         say("interrupted: outputs finalised")
         return EXIT_INTERRUPTED
     return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``--metrics``: ``PORT`` or ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536 or (sep and not host):
+        raise argparse.ArgumentTypeError(f"expected PORT or HOST:PORT with a port from 1 to 65535, got {text!r}")
+    return host, int(port)
+
+
+def _published(args: argparse.Namespace, config: Config) -> list[Any]:
+    """The sinks that send results elsewhere (``--mqtt``, ``--metrics``), started; the caller closes them.
+
+    Raises:
+        ConfigError: An extra is missing, or the metrics address cannot be bound.
+    """
+    if not config.mqtt.url and args.metrics is None:
+        return []
+    from stream.contract import ModelContract
+
+    labels = ModelContract.from_onnx(config.classifier.model).labels
+    uncertain_below = config.classifier.uncertain_below
+    out: list[Any] = []
+    try:
+        if config.mqtt.url:
+            from stream.sinks.mqtt import MqttPublisher
+
+            out.append(MqttPublisher.from_config(config, labels).start())
+        if args.metrics is not None:
+            out.append(_MetricsServer(args.metrics, labels, uncertain_below))
+    except BaseException:
+        for sink in out:
+            sink.close()
+        raise
+    return out
+
+
+class _MetricsServer:
+    """``--metrics``: a :class:`~stream.sinks.metrics.PipelineMetrics` sink served on its own thread."""
+
+    wants_images = False
+
+    def __init__(self, address: tuple[str, int], labels: tuple[str, ...], uncertain_below: float) -> None:
+        try:
+            from stream.sinks.metrics import PipelineMetrics, serve_metrics
+        except ImportError as err:
+            raise ConfigError(f"--metrics needs the serve extra: pip install 'emostream[serve]' "
+                              f"({err.name} is missing)") from None
+        self.metrics = PipelineMetrics(labels, uncertain_below=uncertain_below)
+        host, port = address
+        try:
+            self.server = serve_metrics(self.metrics, host, port)
+        except OSError as err:
+            raise ConfigError(f"--metrics {host}:{port}: cannot listen there: {err.strerror or err}") from None
+        say(f"metrics: http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
+
+    # -- Sink: the metrics' own
+    def on_start(self, summaries: list[RunSummary]) -> None:
+        self.metrics.on_start(summaries)
+
+    def on_source_added(self, summary: RunSummary) -> None:
+        self.metrics.on_source_added(summary)
+
+    def on_result(self, result: Any, summary: RunSummary) -> None:
+        self.metrics.on_result(result, summary)
+
+    def on_source_end(self, summary: RunSummary) -> None:
+        self.metrics.on_source_end(summary)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def source_specs(sources: list[str], sources_file: Path | None) -> list[SourceSpec]:
@@ -170,7 +237,13 @@ def _run_fleet(args: argparse.Namespace, config: Config, specs: list[SourceSpec]
 
     if args.sources is not None:
         signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
-    result = run_fleet(specs, config, options, on_health=health, on_reload=say)
+    sinks: list[Any] = []
+    try:
+        sinks += _published(args, config)
+        result = run_fleet(specs, config, options, on_health=health, on_reload=say, sinks=sinks)
+    finally:
+        for sink in sinks:
+            sink.close()
     restarts = dict(zip((s.source_id for s in result.summaries), result.restarts, strict=True))
 
     def restart_line(summary: RunSummary) -> list[str]:

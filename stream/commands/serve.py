@@ -40,8 +40,8 @@ from stream.serve.hosts import is_loopback
 if TYPE_CHECKING:
     from stream.capture.spec import SourceSpec
     from stream.control import SourceControl
-    from stream.serve.metrics import PipelineMetrics
     from stream.serve.state import Dashboard
+    from stream.sinks.metrics import PipelineMetrics
     from stream.summary import RunSummary
 
 __all__ = ["TOKEN_ENV", "is_loopback", "register"]
@@ -103,8 +103,8 @@ class _PipelineThread(threading.Thread):
 
     def run(self) -> None:
         from stream.pipeline import Pipeline, RunOptions, load_models
-        from stream.serve.metrics import PipelineMetrics
         from stream.serve.state import Dashboard
+        from stream.sinks.metrics import PipelineMetrics
 
         mqtt = None
         try:

@@ -7,7 +7,7 @@
     GET /api/sources/{id}/status     one source's health
     GET /api/events[?since=SEQ&source=ID&limit=N]   recent per-frame events (the event-log records + seq)
     GET /api/events/stream[?since=SEQ]              the same as Server-Sent Events, plus health every second
-    GET /metrics                     Prometheus metrics (:mod:`stream.serve.metrics`)
+    GET /metrics                     Prometheus metrics (:mod:`stream.sinks.metrics`)
     POST /api/sources                {"source": ..., "name": ..., "paced": ...}: add a source (201, its id and name)
     DELETE /api/sources/{id}         remove a source: its outputs are finalised (200)
     POST /api/sources/reload         re-read the --sources file: add and remove sources by name (200)
@@ -48,8 +48,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from stream.control import NameInUse, NoSourcesFile, NotRunning, SourceControl, UnknownSource, spec_from_json
 from stream.errors import StreamError
 from stream.serve.hosts import is_loopback
-from stream.serve.metrics import PipelineMetrics, metrics_endpoint
 from stream.serve.state import Dashboard
+from stream.sinks.metrics import PipelineMetrics
 
 __all__ = ["DEFAULT_STREAM_FPS", "MAX_BODY_BYTES", "MAX_SEQ", "MAX_STREAM_FPS", "build_app"]
 
@@ -269,7 +269,7 @@ def build_app(dashboard: Dashboard, *, token: str | None = None, closing: thread
         Route("/api/events/stream", event_stream),
         Route("/stream/{sid}.mjpg", mjpeg),
         Route("/frame/{sid}.jpg", frame),
-        *([Route("/metrics", metrics_endpoint(metrics))] if metrics is not None else []),
+        *([Route("/metrics", _metrics_endpoint(metrics))] if metrics is not None else []),
     ], exception_handlers={_NotFound: _not_found, _BadQuery: _bad_query, StreamError: _refused})
     return _Guard(app, token)
 
@@ -312,3 +312,13 @@ def _query_number(request: Request, key: str, default: float, low: float, high: 
     if not low <= value <= high:
         raise _BadQuery(f"{key}: expected a number from {low:g} to {high:g}, got {text[:40]!r}")
     return value
+
+
+def _metrics_endpoint(metrics: PipelineMetrics):  # type: ignore[no-untyped-def]
+    """The Starlette endpoint of ``GET /metrics``."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    async def endpoint(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint

@@ -5,11 +5,12 @@
     stream.sinks.window   WindowSink: the live window (a mosaic for several sources)
     stream.sinks.health   SourceHealth: up / down / ended, frame rate and reconnects of one source, live
     stream.sinks.mqtt     MqttPublisher: faces, episodes and health as JSON on an MQTT broker (the ``mqtt`` extra)
+    stream.sinks.metrics  PipelineMetrics: Prometheus metrics per source (``prometheus-client``, the ``serve`` extra)
+    stream.sinks.progress ProgressBar: the command line's progress bar
 
-Sinks elsewhere, beside the service they feed: the dashboard's :class:`~stream.serve.state.Dashboard`
-and :class:`~stream.serve.metrics.PipelineMetrics`, the fleet's ``FleetTap``, the batch job's feeder
-and :class:`~stream.control.SourceControl`. Only the protocol is imported here, so this package
-loads without the optional extras.
+Sinks elsewhere, beside the service they feed: the dashboard's :class:`~stream.serve.state.Dashboard`,
+the fleet's ``FleetTap``, the batch job's feeder and :class:`~stream.control.SourceControl`. Only the
+protocol is imported here, so this package loads without the optional extras.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``GET /metrics`` of ``emostream serve``: the running pipeline in Prometheus' text format.
+"""Prometheus metrics of a running pipeline or fleet: ``GET /metrics`` of ``emostream serve``, ``--metrics``.
 
 :class:`PipelineMetrics` is a pipeline sink that keeps a few numbers per source
 (``on_result`` adds to them: no lock shared with the web side, no allocation but a
@@ -31,18 +31,17 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from starlette.requests import Request
-from starlette.responses import Response
 
 from stream.labels import UNCERTAIN, face_label
 from stream.records import FrameResult
 from stream.sinks.health import SourceHealth
 from stream.summary import RunSummary
 
-__all__ = ["LATENCY_BUCKETS_S", "SHARE_WINDOW_S", "STATES", "PipelineMetrics", "metrics_endpoint"]
+__all__ = ["LATENCY_BUCKETS_S", "SHARE_WINDOW_S", "STATES", "PipelineMetrics", "serve_metrics"]
 
 #: Upper bounds of the latency histogram's buckets, seconds (``+Inf`` is added).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -159,10 +158,14 @@ class PipelineMetrics:
         return generate_latest(self.registry)
 
 
-def metrics_endpoint(metrics: PipelineMetrics):  # type: ignore[no-untyped-def]
-    """The Starlette endpoint of ``GET /metrics``."""
+def serve_metrics(metrics: PipelineMetrics, host: str, port: int) -> Any:
+    """Serve ``GET /metrics`` of ``metrics`` on ``host:port`` from a thread of its own (the ``--metrics``
+    of ``emostream run``, one process or a fleet's driver); returns the server (``shutdown()`` it).
 
-    async def endpoint(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    Raises:
+        OSError: The address cannot be bound.
+    """
+    from prometheus_client import start_http_server
 
-    return endpoint
+    server, _thread = start_http_server(port, host, registry=metrics.registry)
+    return server
