@@ -14,10 +14,11 @@ Drive it from Python::
     pipeline.summaries                     # one RunSummary per source
 
 or let it run to the end: ``Pipeline(sources, config, sinks=[...]).run()``; sinks
-(:class:`stream.sinks.Sink`: a dashboard, an MQTT publisher, your own) get every result too. Sources are spec strings,
-:class:`SourceSpec` or :class:`~stream.capture.FrameSource` objects (anything that yields frames),
-and can be added and removed while it runs (:meth:`Pipeline.add_source`, :meth:`Pipeline.remove_source`,
-from any thread): each source brings its own capture thread, tracker, outputs and summary.
+(:class:`stream.sinks.Sink`: a dashboard, an MQTT publisher, your own) get every result too.
+Sources are spec strings, :class:`SourceSpec` or :class:`~stream.capture.FrameSource` objects
+(anything that yields frames), and can be added and removed while it runs
+(:meth:`Pipeline.add_source`, :meth:`Pipeline.remove_source`, from any thread): each source
+brings its own capture thread, tracker, outputs and summary.
 
 A file source is lossless, a live one keeps its newest frames; a camera that is down (at start or
 later) is retried on its own capture thread. A source that ends or fails ends alone: its outputs
@@ -393,9 +394,9 @@ class Pipeline:
             expected = min(max_frames, expected or max_frames)
         summary = RunSummary(source=source.name, source_id=source_id, name=spec.name, frames_expected=expected)
         outputs = SourceOutputs(source, summary, self.models.classifier.labels, writer, events,
-                           bars=config.output.probability_bars, fps_overlay=config.output.fps_overlay,
-                           uncertain_below=config.classifier.uncertain_below,
-                           heads=self.models.classifier.contract.heads)
+                                bars=config.output.probability_bars, fps_overlay=config.output.fps_overlay,
+                                uncertain_below=config.classifier.uncertain_below,
+                                heads=self.models.classifier.contract.heads)
         stop = threading.Event()
         size = config.capture.live_buffer if source.live else config.capture.queue_size
         capture = CaptureThread(source, size, stop, max_frames, source_id=source_id,
