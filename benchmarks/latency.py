@@ -1,23 +1,33 @@
 """Capture -> result latency on a live 640x480 30 fps RTSP camera.
 
 Serves a real RTSP stream (``tests/rtsp_server.py``, GStreamer, under the system
-Python) from the carphone clip scaled to 640x480 and looped, reads it with
-:class:`stream.capture.LiveSource` + :class:`stream.capture.CaptureThread`,
-runs each stage and reports, per processed frame:
+Python) from the carphone clip scaled to 640x480 and looped, reads it through the
+public pipeline API as ``emostream run URL`` does::
 
-- **latency**: capture -> result, ``FrameResult.t_done_s - Frame.t_capture_s``
-  (the definition the pipeline's summary uses);
-- **age at processing**: how old the frame was when inference started on it,
-  counted from its capture (decode) time, and end to end from the moment the
-  camera sent it (the server stamps its send time into the pixels; same
-  machine, same clock), which adds encode, network and decode;
-- frames captured, processed and dropped (the live queue keeps the newest).
+    with Pipeline([url], config, RunOptions(display=False, ...), models) as pipeline:
+        for result in pipeline: ...
 
-Stages (``--stage``): ``capture`` (no inference: the floor), ``infer`` (the
-default: the real :class:`stream.infer.InferenceThread` with the real models),
-``pipeline`` (``stream.pipeline.run`` as ``emostream run`` does it, with the
-annotated video and the event log written; only its summary's latencies).
-A custom step plugs in through :func:`measure` (``process=``).
+and reports, per processed frame:
+
+- **latency**: capture -> result, :attr:`stream.records.FrameResult.latency_ms`
+  (``t_done_s - frame.t_capture_s``, the definition the pipeline's summary uses);
+- **age at processing**: how old the frame was when the detector started on it
+  (the detector handed to the pipeline is wrapped to note that time), counted from
+  its capture (decode) time, and end to end from the moment the camera sent it (the
+  server stamps its send time into the pixels; same machine, same clock), which adds
+  encode, network and decode;
+- frames captured, processed and dropped (the pipeline's summary; the live queue
+  keeps the newest).
+
+Stages (``--stage``, default ``all``), each one pipeline run:
+
+- ``capture``: no model work (a detector that finds no face, after ``--work-ms`` of
+  sleep per batch): the floor of capture thread, live queue, batching and hand-off;
+- ``infer``: the real models, nothing recorded (``output.video``/``output.events`` off);
+- ``pipeline``: the real models with the annotated video and the event log written
+  (to a temporary folder), as ``emostream run`` does by default.
+
+A custom step plugs in through :func:`measure` (``models=``: any detector/classifier pair).
 
     .venv/bin/python benchmarks/latency.py --seconds 20 --json out/latency.json
 
@@ -31,12 +41,10 @@ import argparse
 import json
 import os
 import platform
-import queue
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,16 +56,17 @@ if str(REPO) not in sys.path:
 
 from _clips import make_scaled_clip  # noqa: E402
 
-from stream.capture import CaptureThread, LiveSource  # noqa: E402
 from stream.config import Config, load_config  # noqa: E402
-from stream.infer.stage import take_batch  # noqa: E402
-from stream.records import EndOfStream, Frame, FrameResult, StageError  # noqa: E402
+from stream.pipeline import Models, Pipeline, RunOptions, load_models  # noqa: E402
+from stream.records import FrameResult  # noqa: E402
 from tests.rtsp_fixtures import RtspServer, gstreamer_missing  # noqa: E402
 from tests.rtsp_server import read_stamp  # noqa: E402
 
 STALE_MS = 100.0
-#: A plug-in step: takes a batch of frames, returns one ``t_done_s`` (perf_counter) per frame.
-Process = Callable[[list[Frame]], Sequence[float]]
+#: The test server stamps the top 16 rows of each frame; they are copied before anything draws on it.
+STAMP_ROWS = 16
+#: The pipeline's own ``max_seconds`` is only a guard (a camera that never comes up): this much past the window.
+OPEN_GRACE_S = 30.0
 
 
 @dataclass
@@ -84,9 +93,10 @@ class Report:
 
 
 def _stats(values_ms: Sequence[float]) -> dict[str, float]:
-    if not len(values_ms):
-        return {}
     v = np.asarray(values_ms, np.float64)
+    v = v[~np.isnan(v)]
+    if not v.size:
+        return {}
     return {
         "p50": float(np.percentile(v, 50)),
         "p95": float(np.percentile(v, 95)),
@@ -97,120 +107,106 @@ def _stats(values_ms: Sequence[float]) -> dict[str, float]:
 
 
 class _TimedDetector:
-    """Wraps the detector to note when inference starts on each batch (production code path)."""
+    """Wraps the detector the pipeline is given: notes when inference starts on each frame.
+
+    Keyed by the image object (the inference stage hands the detector each frame's own
+    ``image_bgr``), which it keeps until :meth:`take`. The stamp rows are copied here, before
+    the outputs draw on the frame in place (the recording stage).
+    """
 
     def __init__(self, inner: object) -> None:
         self.inner = inner
-        self.batches: list[tuple[float, int]] = []
+        self._started: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
 
-    def detect(self, images_bgr: list[np.ndarray]) -> object:
-        self.batches.append((time.perf_counter(), len(images_bgr)))
-        return self.inner.detect(images_bgr)  # type: ignore[attr-defined]
+    def detect(self, images_bgr: list[np.ndarray], still: Sequence[bool] | None = None) -> object:
+        t_start = time.perf_counter()
+        for image in images_bgr:
+            self._started[id(image)] = (t_start, image, image[:STAMP_ROWS].copy())
+        return self.inner.detect(images_bgr, still)  # type: ignore[attr-defined]
+
+    def take(self, image: np.ndarray) -> tuple[float, np.ndarray | None]:
+        """When the detector started on ``image`` (NaN: it did not, e.g. ``detect_every`` > 1) and its stamp rows."""
+        t_start, _, rows = self._started.pop(id(image), (float("nan"), None, None))
+        return t_start, rows
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
 
 
-def measure(
-    url: str, config: Config, seconds: float, process: Process | None = None, stage: str = "custom"
-) -> tuple[Report, list[dict[str, float]]]:
-    """Read ``url`` for ``seconds``; run ``process`` on what the live queue holds (batches).
+class _NoFaces:
+    """A detector that finds no face, after ``work_ms`` per batch (a stand-in slow model)."""
 
-    With ``process=None`` and ``stage="infer"`` the real inference stage runs; with
-    ``process=None`` otherwise, frames are only taken (capture floor).
+    def __init__(self, work_ms: float = 0.0) -> None:
+        self.work_ms = work_ms
+
+    def detect(self, images_bgr: list[np.ndarray], still: Sequence[bool] | None = None) -> list[list[object]]:
+        if self.work_ms > 0:
+            time.sleep(self.work_ms / 1000.0)
+        return [[] for _ in images_bgr]
+
+
+def measure(
+    url: str,
+    config: Config,
+    seconds: float,
+    models: Models,
+    stage: str = "custom",
+    *,
+    fps: float = 0.0,
+    record_dir: Path | None = None,
+) -> tuple[Report, list[dict[str, float]]]:
+    """Run the pipeline on ``url`` with ``models`` for ``seconds`` from its first result.
+
+    Args:
+        url: The live stream.
+        config: The configuration; its outputs are overridden here (no progress bar).
+        seconds: How long to measure, from the first frame's capture.
+        models: The detector and classifier (the real ones, or any stand-in with ``detect``).
+        stage: The report's name.
+        fps: The stream's frame rate, for the report.
+        record_dir: Write the annotated video and the event log here (None: record nothing).
 
     Returns:
         The report and one row per processed frame.
     """
-    source = LiveSource(url, config.capture)
-    source.open()
-    stop = threading.Event()
-    capture = CaptureThread(source, config.capture.live_buffer, stop)
-    # perf_counter -> Unix time, to compare with the server's stamps.
-    wall_offset = time.time() - time.perf_counter()
-    rows: list[dict[str, float]] = []
-    t_end = time.perf_counter() + seconds
-    inference = None
-    timed: _TimedDetector | None = None
-    try:
-        if stage == "infer" and process is None:
-            from stream.infer import InferenceThread
-            from stream.pipeline import load_models
-            from stream.track import IouTracker
-
-            models = load_models(config)
-            timed = _TimedDetector(models.detector)
-            capture.start()
-            inference = InferenceThread(
-                capture.frames,
-                timed,  # type: ignore[arg-type]  # a FaceDetector that notes batch start times
-                models.classifier,
-                IouTracker.from_config(config.tracking),
-                config.runtime.batch_size,
-                config.runtime.result_queue_size,
-                stop,
-            ).start()
-            done = 0
-            while time.perf_counter() < t_end:
-                try:
-                    item = inference.results.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if isinstance(item, StageError):
-                    raise item.error
-                if isinstance(item, EndOfStream):
+    with tempfile.TemporaryDirectory(prefix="emostream-latency-") as tmp:
+        record = record_dir is not None
+        config = config.with_overrides({
+            "output.video": record,
+            "output.events": record,
+            "output.dir": str(record_dir if record else tmp),
+            "output.progress": False,
+        })
+        timed = _TimedDetector(models.detector)
+        # perf_counter -> Unix time, to compare with the server's stamps.
+        wall_offset = time.time() - time.perf_counter()
+        rows: list[dict[str, float]] = []
+        size_wh = (0, 0)
+        options = RunOptions(display=False, max_seconds=seconds + OPEN_GRACE_S)
+        with Pipeline([url], config, options, Models(timed, models.classifier)) as pipeline:  # type: ignore[arg-type]
+            t_end: float | None = None
+            for result in pipeline:
+                t_start, stamp_rows = timed.take(result.frame.image_bgr)
+                rows.append(_row(result, t_start, stamp_rows, wall_offset))
+                if t_end is None:
+                    t_end, size_wh = result.frame.t_capture_s + seconds, result.frame.size_wh
+                if time.perf_counter() >= t_end:
                     break
-                result: FrameResult = item
-                t_start = _batch_start(timed.batches, done)
-                done += 1
-                rows.append(_row(result.frame, t_start, result.t_done_s, wall_offset))
-        else:
-            capture.start()
-            while time.perf_counter() < t_end:
-                batch, end = take_batch(capture.frames, config.runtime.batch_size, stop, timeout_s=0.1)
-                if isinstance(end, StageError):
-                    raise end.error
-                if not batch:
-                    if end is not None:
-                        break
-                    continue
-                t_start = time.perf_counter()
-                t_done = process(batch) if process is not None else [time.perf_counter()] * len(batch)
-                rows.extend(_row(f, t_start, td, wall_offset) for f, td in zip(batch, t_done, strict=True))
-    finally:
-        stop.set()
-        capture.close()
-        if inference is not None:
-            inference.join()
-    report = _report(stage, seconds, source, config, rows)
-    report.captured, report.dropped = capture.captured, capture.dropped
+        (summary,) = pipeline.summaries
+    if summary.error is not None:
+        raise summary.error
+    report = _report(stage, seconds, size_wh, fps, config, rows)
+    report.captured, report.dropped = summary.frames_captured, summary.frames_dropped
     return report, rows
 
 
-def _busy(work_ms: float) -> Process:
-    """A plug-in step that holds each batch for ``work_ms`` (a slow model)."""
-
-    def process(frames: list[Frame]) -> list[float]:
-        time.sleep(work_ms / 1000.0)
-        return [time.perf_counter()] * len(frames)
-
-    return process
-
-
-def _batch_start(batches: list[tuple[float, int]], index: int) -> float:
-    for t_start, n in batches:
-        if index < n:
-            return t_start
-        index -= n
-    return float("nan")
-
-
-def _row(frame: Frame, t_start: float, t_done: float, wall_offset: float) -> dict[str, float]:
-    stamp = read_stamp(frame.image_bgr)
+def _row(result: FrameResult, t_start: float, stamp_rows: np.ndarray | None, wall_offset: float) -> dict[str, float]:
+    frame = result.frame
+    stamp = read_stamp(stamp_rows) if stamp_rows is not None else None
     row = {
         "index": frame.index,
         "t_media_s": frame.t_media_s,
-        "latency_ms": (t_done - frame.t_capture_s) * 1000.0,
+        "latency_ms": result.latency_ms,
         "age_ms": (t_start - frame.t_capture_s) * 1000.0,
         "e2e_age_ms": float("nan"),
         "seq": -1.0,
@@ -221,42 +217,19 @@ def _row(frame: Frame, t_start: float, t_done: float, wall_offset: float) -> dic
     return row
 
 
-def _report(stage: str, seconds: float, source: LiveSource, config: Config, rows: list[dict[str, float]]) -> Report:
-    report = Report(stage, seconds, source.size_wh, source.fps, config.capture.rtsp_transport)
+def _report(stage: str, seconds: float, size_wh: tuple[int, int], fps: float, config: Config,
+            rows: list[dict[str, float]]) -> Report:
+    report = Report(stage, seconds, size_wh, fps, config.capture.rtsp_transport)
     report.processed = len(rows)
     report.throughput_fps = len(rows) / seconds
-    lat = [r["latency_ms"] for r in rows]
-    age = [r["age_ms"] for r in rows]
+    age = [r["age_ms"] for r in rows if not np.isnan(r["age_ms"])]
     e2e = [r["e2e_age_ms"] for r in rows if not np.isnan(r["e2e_age_ms"])]
     seqs = [int(r["seq"]) for r in rows if r["seq"] >= 0]
     report.duplicates = len(seqs) - len(set(seqs))
-    report.latency_ms, report.age_at_processing_ms = _stats(lat), _stats(age)
-    report.e2e_age_at_processing_ms = _stats(e2e)
+    report.latency_ms = _stats([r["latency_ms"] for r in rows])
+    report.age_at_processing_ms, report.e2e_age_at_processing_ms = _stats(age), _stats(e2e)
     report.stale_frames_processed = sum(a > STALE_MS for a in age)
     report.stale_frames_processed_e2e = sum(a > STALE_MS for a in e2e)
-    return report
-
-
-def measure_pipeline(
-    url: str, config: Config, seconds: float, out_dir: Path, size_wh: tuple[int, int], fps: float
-) -> Report:
-    """The pipeline on the stream, as ``emostream run URL --max-seconds S --no-display`` does."""
-    from stream.pipeline import Pipeline, RunOptions, SourceSpec
-
-    spec = SourceSpec(url, output=out_dir / "live.annotated.mp4", events=out_dir / "live.events.jsonl")
-    (summary,) = Pipeline([spec], config.with_overrides({"output.progress": False}),
-                          RunOptions(display=False, max_seconds=seconds)).run()
-    if summary.error is not None:
-        raise summary.error
-    report = Report("pipeline", seconds, size_wh, fps, config.capture.rtsp_transport)
-    report.captured, report.processed, report.dropped = (
-        summary.frames_captured,
-        summary.frames_processed,
-        summary.frames_dropped,
-    )
-    report.latency_ms = _stats(summary.latencies_ms)
-    report.duplicates = -1  # not measured: the pipeline keeps no pixels
-    report.throughput_fps = summary.fps
     return report
 
 
@@ -270,8 +243,7 @@ def _table(report: Report) -> str:
         f"stage {report.stage}: {report.size_wh[0]}x{report.size_wh[1]} @ {report.fps:g} fps over RTSP/"
         f"{report.transport}, {report.seconds:g} s  [{report.machine}]",
         f"  frames: {report.captured} captured, {report.processed} processed, {report.dropped} dropped, "
-        f"{report.duplicates if report.duplicates >= 0 else 'n/a'} processed twice; "
-        f"{report.throughput_fps:.1f} processed/s",
+        f"{report.duplicates} processed twice; {report.throughput_fps:.1f} processed/s",
         line("capture -> result latency (ms)", report.latency_ms),
         line("age at processing, capture (ms)", report.age_at_processing_ms),
         line("age at processing, camera send (ms)", report.e2e_age_at_processing_ms),
@@ -299,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "--work-ms",
         type=float,
         default=0.0,
-        help="capture stage: a stand-in step that takes this long per batch (shows newest-frame dropping)",
+        help="capture stage: the stand-in detector takes this long per batch (shows newest-frame dropping)",
     )
     args = parser.parse_args(argv)
     missing = gstreamer_missing()
@@ -313,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     command = "python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv)
     stages = ["capture", "infer", "pipeline"] if args.stage == "all" else [args.stage]
+    models = load_models(config)  # once, warmed up; the capture stage uses only its classifier's labels
     reports, per_frame = [], {}
     with tempfile.TemporaryDirectory(prefix="emostream-bench-") as tmp:
         tmp_dir = Path(tmp)
@@ -322,12 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.start()
             for stage in stages:
-                if stage == "pipeline":
-                    report = measure_pipeline(server.url, config, args.seconds, tmp_dir, (w, h), args.fps)
-                else:
-                    process = _busy(args.work_ms) if stage == "capture" and args.work_ms > 0 else None
-                    report, rows = measure(server.url, config, args.seconds, process=process, stage=stage)
-                    per_frame[stage] = rows
+                stage_models = Models(_NoFaces(args.work_ms), models.classifier) if stage == "capture" else models  # type: ignore[arg-type]
+                record_dir = tmp_dir / "recorded" if stage == "pipeline" else None
+                report, rows = measure(server.url, config, args.seconds, stage_models, stage, fps=args.fps,
+                                       record_dir=record_dir)
+                per_frame[stage] = rows
                 report.machine, report.command = machine, command
                 reports.append(report)
                 print(_table(report), flush=True)
