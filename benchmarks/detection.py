@@ -55,7 +55,9 @@ IOU = 0.4
 
 #: name -> (strategy, tile model file or None for the default)
 STRATEGIES = {
-    "single (short range, today)": ("single", None),
+    "auto (the default)": ("auto", None),
+    "yunet": ("yunet", None),
+    "single (short range)": ("single", None),
     "full_range": ("full_range", None),
     "tiles (full-range tiles + short whole)": ("tiles", None),
     "tiles, short-range tiles": ("tiles", "blazeface_short_range.onnx"),

@@ -91,21 +91,23 @@ class CaptureConfig:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """The BlazeFace face detector."""
+    """The face detector: BlazeFace, and YuNet for large frames (``stream/infer/detect.py``)."""
 
     model: Path = MODELS_DIR / "blazeface_short_range.onnx"
     score_threshold: float = 0.5
     nms_iou: float = 0.3
     min_face_px: int = 12
-    # Small faces (stream/infer/detect.py FaceDetector): auto = tiles for still images from tiles_above_px and
-    # for video frames from video_tiles_above_px, one pass below.
-    strategy: Literal["auto", "single", "full_range", "tiles"] = "auto"
+    # Small faces (stream/infer/detect.py FaceDetector): auto = YuNet (tiles without its model) for still
+    # images from tiles_above_px and for video frames from video_tiles_above_px, one BlazeFace pass below.
+    strategy: Literal["auto", "single", "full_range", "tiles", "yunet"] = "auto"
     tiles_above_px: int = 960
     video_tiles_above_px: int = 1600
     small_face_px: int = 20
+    yunet_model: Path = MODELS_DIR / "yunet.onnx"
+    yunet_score_threshold: float = 0.5
 
     def validate(self, key: str) -> None:
-        _unit_interval(self, key, "score_threshold", "nms_iou")
+        _unit_interval(self, key, "score_threshold", "nms_iou", "yunet_score_threshold")
         _non_negative(self, key, "min_face_px")
         _positive(self, key, "tiles_above_px", "video_tiles_above_px", "small_face_px")
 
@@ -359,10 +361,10 @@ def load_config(path: Path | None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"config '{path}' must be a mapping of sections, got {type(data).__name__}")
     base = Path(path).resolve().parent
-    for section in ("detector", "classifier"):
-        model = (data.get(section) or {}).get("model") if isinstance(data.get(section), dict) else None
+    for section, key in (("detector", "model"), ("detector", "yunet_model"), ("classifier", "model")):
+        model = (data.get(section) or {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(model, str):
-            data[section]["model"] = str(resolve_model(model, base))
+            data[section][key] = str(resolve_model(model, base))
     return build_dataclass(Config, data, "", origin=printable(str(path)))
 
 

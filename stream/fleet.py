@@ -502,6 +502,7 @@ def _prepare(specs: Sequence[SourceSpec], config: Config, options: FleetOptions)
     worker_config = config.with_overrides({
         "classifier.model": config.classifier.model.expanduser().absolute(),
         "detector.model": config.detector.model.expanduser().absolute(),
+        "detector.yunet_model": config.detector.yunet_model.expanduser().absolute(),
         "output.video": False, "output.events": False, "output.progress": False, "output.display": "off"})
     cameras = [_camera(i, spec, config, options) for i, spec in enumerate(specs)]
     return cameras, worker_config

@@ -54,8 +54,9 @@ class Face:
         score: Detector confidence in [0, 1].
         probs: Emotion probabilities, in the classifier's label order (smoothed if enabled).
         id: Track id, stable across frames (-1 until tracked).
-        keypoints_xy: The detector's six BlazeFace keypoints (right eye, left eye, nose tip,
-            mouth, right ear, left ear) in source-frame pixels, ``(6, 2)``; empty if unknown.
+        keypoints_xy: The detector's keypoints in source-frame pixels, ``(K, 2)``, the first three
+            the subject's right eye, left eye and nose tip: BlazeFace's six add the mouth and the
+            right and left ear, YuNet's five the right and left mouth corner; empty if unknown.
         too_small: The box is shorter than ``classifier.min_face_px``: labelled ``too_small``
             (:func:`stream.labels.face_label`), its probabilities are a guess.
         heads: The classifier's extra outputs by name (``ModelContract.heads``), e.g.

@@ -1,5 +1,5 @@
-"""Small faces in large frames: the detector's tile plan, tiles mapped back to frame pixels, batching,
-and faces too small to classify labelled ``too_small``.
+"""Small faces in large frames: YuNet (``auto``'s choice there) and BlazeFace on tiles (its plan, tiles
+mapped back to frame pixels), batching, and faces too small to classify labelled ``too_small``.
 
 The faces are real (the carphone clip's face, found at full size and pasted small into large
 frames at known places), so the expected boxes are known exactly.
@@ -25,7 +25,19 @@ from stream.records import Frame
 
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
+    """The default: one BlazeFace pass on small frames, YuNet on large ones."""
     return FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx", min_face_px=12, strategy="auto")
+
+
+@pytest.fixture(scope="module")
+def tiled() -> FaceDetector:
+    return FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx", min_face_px=12, strategy="tiles")
+
+
+@pytest.fixture(scope="module", params=["auto", "tiles"])
+def large(request: pytest.FixtureRequest) -> FaceDetector:
+    """Both ways of finding small faces in large frames."""
+    return FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx", min_face_px=12, strategy=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +88,28 @@ def test_tiles_cover_the_length_with_the_overlap() -> None:
     assert _tile_starts(100, 128, 50) == [0]
 
 
-def test_auto_keeps_one_pass_for_a_webcam_and_tiles_1080p(detector: FaceDetector) -> None:
+def test_auto_keeps_one_pass_for_a_webcam_and_takes_yunet_for_1080p(detector: FaceDetector, tmp_path: Path) -> None:
     assert detector.resolve(640, 480) == "single" and len(detector.views(640, 480)) == 1
-    assert detector.resolve(1920, 1080) == "tiles"
+    assert detector.resolve(1280, 720, still=False) == "single"  # a 720p camera stays one pass
+    assert detector.resolve(1920, 1080) == "yunet" and detector.resolve(1920, 1080, still=False) == "yunet"
+    assert detector.resolve(1280, 720) == "yunet"  # a still image from 960 px (a group photo)
+    without = FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx", strategy="auto",
+                                     yunet_model=tmp_path / "missing.onnx")
+    assert without.yunet is None and without.resolve(1920, 1080) == "tiles"  # no YuNet model: tiles
+
+
+def test_the_tile_plan_covers_1080p(tiled: FaceDetector) -> None:
+    assert tiled.resolve(1920, 1080) == "tiles"
+    detector = tiled
     views = detector.views(1920, 1080)
     assert 10 < len(views) < 100
     for v in views[2:]:  # every tile starts inside the scaled frame
         assert 0 <= v.x0 < 1920 * v.scale and 0 <= v.y0 < 1080 * v.scale
 
 
-def test_small_faces_in_a_1080p_frame_are_found_where_they_are(detector: FaceDetector,
+def test_small_faces_in_a_1080p_frame_are_found_where_they_are(large: FaceDetector,
                                                                face: tuple[np.ndarray, np.ndarray]) -> None:
+    detector = large
     frame = background(1920, 1080)
     heights = (26, 32, 40, 56, 80, 120, 240)
     centres = ((150, 150), (600, 140), (1100, 160), (1700, 200), (300, 700), (900, 650), (1500, 760))
@@ -105,7 +128,8 @@ def test_small_faces_in_a_1080p_frame_are_found_where_they_are(detector: FaceDet
     assert not (small >= 0.4).any()
 
 
-def test_a_face_on_a_tile_edge_is_found_once(detector: FaceDetector, face: tuple[np.ndarray, np.ndarray]) -> None:
+def test_a_face_on_a_tile_edge_is_found_once(tiled: FaceDetector, face: tuple[np.ndarray, np.ndarray]) -> None:
+    detector = tiled
     views = detector.views(1920, 1080)
     finest = max(v.scale for v in views)
     tile = next(v for v in views if v.scale == finest and v.inner[2])  # a tile with a right neighbour
@@ -116,8 +140,9 @@ def test_a_face_on_a_tile_edge_is_found_once(detector: FaceDetector, face: tuple
     assert len(found) == 1 and pairwise_iou(truth[None], found)[0, 0] >= 0.4
 
 
-def test_a_batch_of_mixed_sizes_gives_each_frame_its_own_faces(detector: FaceDetector,
+def test_a_batch_of_mixed_sizes_gives_each_frame_its_own_faces(large: FaceDetector,
                                                                face: tuple[np.ndarray, np.ndarray]) -> None:
+    detector = large
     big = background(1920, 1080, seed=2)
     truth_big = paste(big, face, 36, 1800, 1000)  # bottom-right corner: the last tiles
     vga = background(640, 480, seed=3)
@@ -183,15 +208,19 @@ def test_loading_defaults_match_the_config_defaults() -> None:
         ClassifierConfig().min_face_px
 
 
-def test_auto_tiles_still_images_from_960_px_and_video_from_1600() -> None:
-    # A 720p webcam stays one view (real time); a group photo and a 1080p room camera are tiled.
+def test_auto_takes_yunet_for_still_images_from_960_px_and_video_from_1600() -> None:
+    # A 720p webcam stays one view (real time); a group photo and a 1080p room camera go to YuNet.
     from stream.config import Config
     from stream.pipeline import load_models
 
     detector = load_models(Config()).detector
     assert detector.resolve(640, 480, still=True) == "single"
-    assert detector.resolve(1000, 667, still=True) == "tiles" and detector.resolve(1280, 720, still=False) == "single"
-    assert detector.resolve(1920, 1080, still=False) == "tiles"
+    assert detector.resolve(1000, 667, still=True) == "yunet" and detector.resolve(1280, 720, still=False) == "single"
+    assert detector.resolve(1920, 1080, still=False) == "yunet"
     # The detector: keys of the config reach the models.
     forced = load_models(Config().with_overrides({"detector.strategy": "single", "classifier.min_face_px": 30}))
     assert forced.detector.resolve(1920, 1080, still=True) == "single" and forced.classifier.min_face_px == 30
+    tiles = load_models(Config().with_overrides({"detector.strategy": "tiles"})).detector
+    assert tiles.resolve(1920, 1080) == "tiles" and tiles.yunet is None
+    strict = load_models(Config().with_overrides({"detector.yunet_score_threshold": 0.9})).detector
+    assert strict.yunet is not None and strict.yunet.score_threshold == 0.9

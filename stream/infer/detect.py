@@ -1,10 +1,12 @@
-"""Face detection with MediaPipe BlazeFace (short or full range), batched.
+"""Face detection: MediaPipe BlazeFace (short or full range), batched; YuNet for large frames.
 
 One ONNX Runtime call detects faces in a whole batch of frames: every frame is
 letterboxed into the model's square input, the anchors are decoded for the
 whole batch at once in NumPy, and one OpenCV batched NMS call separates the
 frames again. Overlapping boxes are blended by score as MediaPipe does
-("weighted NMS"), which keeps boxes steadier from frame to frame.
+("weighted NMS"), which keeps boxes steadier from frame to frame. Large frames,
+where a letterboxed face would be a few model pixels, go to YuNet at their own
+resolution instead (:mod:`stream.infer.yunet`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import onnxruntime as ort
 from stream.boxes import pairwise_iou
 from stream.errors import ModelError
 from stream.infer.session import BatchBuckets, create_session
+from stream.infer.yunet import YUNET_FILE, YuNet
 
 __all__ = ["MIN_FACE_MODEL_PX", "STRATEGIES", "Detection", "FaceDetector", "blazeface_anchors"]
 
@@ -31,10 +34,11 @@ FULL_RANGE_FILE = "blazeface_full_range.onnx"
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """A face box and its six BlazeFace keypoints in source-frame pixels, with its confidence.
+    """A face box and its keypoints in source-frame pixels, with its confidence.
 
-    ``keypoints_xy`` (6, 2): right eye, left eye, nose tip, mouth centre, right ear
-    tragion, left ear tragion (the subject's right and left), as MediaPipe orders them.
+    ``keypoints_xy`` (K, 2), the first three always the subject's right eye, left eye and nose tip.
+    BlazeFace (K = 6) adds the mouth centre and the right and left ear tragion, as MediaPipe orders
+    them; YuNet (K = 5) the right and left mouth corner.
     """
 
     box_xyxy: np.ndarray
@@ -78,7 +82,7 @@ def blazeface_anchors(input_size: int) -> np.ndarray:
 
 
 #: The detection strategies (``detector.strategy``); see :class:`FaceDetector`.
-STRATEGIES = ("auto", "single", "full_range", "tiles")
+STRATEGIES = ("auto", "single", "full_range", "tiles", "yunet")
 
 #: The smallest face (box height, model-input pixels) each BlazeFace model finds reliably, keyed by
 #: input size. Faces pasted into model-sized inputs (``benchmarks/detection.py --calibrate``): short
@@ -154,10 +158,14 @@ class FaceDetector:
       pass takes over. Tile views of every frame go into one model call; detections on an edge
       shared with another tile are dropped, and all views' faces are merged by the same
       weighted NMS.
-    * ``auto``: ``tiles`` for still images whose longer side is at least ``tiles_above_px`` and for
-      video frames from ``video_tiles_above_px`` (tiles cost 25-60x one view: a 720p webcam
-      stays one view and real time, a 1080p room camera and a group photo get their small
-      faces), else ``single``.
+    * ``yunet``: YuNet on the whole frame at its own resolution (:mod:`stream.infer.yunet`), one
+      frame per call: on real crowd photos it finds far more small, blurred, turned and hidden
+      faces than ``tiles``, at a fifth of their cost on large frames, and costs ~5x one BlazeFace
+      view at 640x480.
+    * ``auto``: for still images whose longer side is at least ``tiles_above_px`` and for video
+      frames from ``video_tiles_above_px``, ``yunet`` (``tiles`` when its model is missing): a
+      720p webcam stays one BlazeFace view and real time, a 1080p room camera and a group photo
+      get their small faces; else ``single``.
 
     Args:
         session: An ONNX Runtime session of a BlazeFace model with a dynamic batch axis.
@@ -175,15 +183,19 @@ class FaceDetector:
             views scoring >= 0.5 were 11 tiles, 6 full-range whole views, 2 short-range whole
             views; >= 0.55: 4, 1 and 1. On WIDER (every 5th photo) 0.55 instead of 0.5 cost 2
             points of recall at >= 40 px and 3 at 24-40 (``benchmarks/RESULTS.md``, detection).
+        yunet: The YuNet detector for ``yunet`` (and ``auto`` on large frames); None: none.
     """
 
     def __init__(self, session: ort.InferenceSession, score_threshold: float = 0.5, nms_iou: float = 0.3,
                  min_face_px: int = 0, *, name: str = "detector", buckets: BatchBuckets | None = None,
                  strategy: str = "single", tile_session: ort.InferenceSession | None = None,
                  small_face_px: int = 20, tiles_above_px: int = 960, video_tiles_above_px: int = 1600,
-                 tile_score_threshold: float = 0.55) -> None:
+                 tile_score_threshold: float = 0.55, yunet: YuNet | None = None) -> None:
         if strategy not in STRATEGIES:
             raise ModelError(f"detector strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        if strategy == "yunet" and yunet is None:
+            raise ModelError("detector strategy 'yunet' needs the YuNet model")
+        self.yunet = yunet
         self.buckets = buckets or BatchBuckets()
         primary = _Net(session, name, self.buckets)
         self.nets = [primary] if tile_session is None else [primary, _Net(tile_session, name, self.buckets)]
@@ -210,14 +222,16 @@ class FaceDetector:
                   provider_opts: dict[str, dict[str, str]] | None = None, buckets: BatchBuckets | None = None,
                   uint8_input: bool = False, strategy: str = "auto", tile_model: Path | None = None,
                   small_face_px: int = 20, tiles_above_px: int = 960,
-                  video_tiles_above_px: int = 1600) -> FaceDetector:
+                  video_tiles_above_px: int = 1600, yunet_model: Path | None = None,
+                  yunet_score_threshold: float = 0.5) -> FaceDetector:
         """Load a BlazeFace ONNX file. Raises ModelError if it is missing or not BlazeFace.
 
         With ``uint8_input`` the model takes the letterboxed uint8 frames and normalises
         them inside the graph (:func:`~stream.infer.session.uint8_input_graph`). The tile
         model (``tile_model``; default: ``blazeface_full_range.onnx`` beside ``path``) is
-        loaded for every strategy but ``single``; where ``auto`` finds none it tiles with
-        the model at ``path``.
+        loaded for every strategy but ``single`` and ``yunet``; where ``auto`` finds none it tiles
+        with the model at ``path``. The YuNet model (``yunet_model``; default: ``yunet.onnx``
+        beside ``path``) is loaded for ``yunet`` and ``auto``; where ``auto`` finds none it tiles.
         """
         def load(p: Path) -> ort.InferenceSession:
             return create_session(p, providers, threads, what="detector", provider_opts=provider_opts,
@@ -225,7 +239,13 @@ class FaceDetector:
 
         session = load(path)
         tile_session = None
-        if strategy != "single":
+        yunet = None
+        if strategy in ("auto", "yunet"):
+            yunet_path = Path(yunet_model) if yunet_model is not None else Path(path).with_name(YUNET_FILE)
+            if yunet_path.is_file() or strategy == "yunet":
+                yunet = YuNet.from_path(yunet_path, providers, threads, yunet_score_threshold, nms_iou, min_face_px,
+                                        provider_opts=provider_opts)
+        if strategy not in ("single", "yunet") and not (strategy == "auto" and yunet is not None):
             tile_path = Path(tile_model) if tile_model is not None else Path(path).with_name(FULL_RANGE_FILE)
             if tile_path.resolve() == Path(path).resolve():
                 tile_session = None
@@ -233,20 +253,24 @@ class FaceDetector:
                 tile_session = load(tile_path)
         return cls(session, score_threshold, nms_iou, min_face_px, name=str(path), buckets=buckets,
                    strategy=strategy, tile_session=tile_session, small_face_px=small_face_px,
-                   tiles_above_px=tiles_above_px, video_tiles_above_px=video_tiles_above_px)
+                   tiles_above_px=tiles_above_px, video_tiles_above_px=video_tiles_above_px, yunet=yunet)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run once per batch size (every bucket, with buckets) so the first real frames are not slow."""
         for net in self.nets:
             for size in self.buckets.sizes or batch_sizes:
                 net.infer(np.zeros((size, net.size, net.size, 3), np.uint8))
+        if self.yunet is not None:
+            self.yunet.warm_up()
 
     def resolve(self, width: int, height: int, still: bool = True) -> str:
         """The strategy a ``width`` x ``height`` still image (or video frame) gets (``auto`` resolved)."""
         if self.strategy != "auto":
             return self.strategy
         above = self.tiles_above_px if still else self.video_tiles_above_px
-        return "tiles" if max(width, height) >= above else "single"
+        if max(width, height) < above:
+            return "single"
+        return "yunet" if self.yunet is not None else "tiles"
 
     def views(self, width: int, height: int, still: bool = True) -> list[_View]:
         """The model inputs a frame of this size is cut into (cached per size)."""
@@ -266,6 +290,8 @@ class FaceDetector:
         strategy = self.resolve(w, h, still)
         longer = max(w, h)
         tile = self.nets[self._tile]
+        if strategy == "yunet":
+            return []  # not a BlazeFace view: YuNet takes the whole frame (detect)
         if strategy == "full_range":
             return [_View(self._tile, tile.size / longer, *_centred(w, h, tile.size))]
         whole = _View(0, self.nets[0].size / longer, *_centred(w, h, self.nets[0].size))
@@ -327,7 +353,12 @@ class FaceDetector:
                 batch = self._fill(net, images_bgr, owners)
                 raw_boxes, raw_scores = net.infer(batch)
                 parts.append(self._candidates(net, raw_boxes, raw_scores, owners))
-        return self._merge(parts, len(images_bgr))
+        results = self._merge(parts, len(images_bgr))
+        for i, plan in enumerate(plans):
+            if not plan and self.yunet is not None:  # a YuNet frame: no BlazeFace view
+                boxes, scores, points = self.yunet.detect(images_bgr[i])
+                results[i] = [Detection(b, float(sc), kp) for b, sc, kp in zip(boxes, scores, points, strict=True)]
+        return results
 
     def _fill(self, net: _Net, images: list[np.ndarray], owners: list[tuple[int, _View]]) -> np.ndarray:
         """The model inputs of ``owners`` (frame index, view): each frame resized once per scale."""
