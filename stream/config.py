@@ -105,10 +105,15 @@ class DetectorConfig:
     small_face_px: int = 20
     yunet_model: Path = MODELS_DIR / "yunet.onnx"
     yunet_score_threshold: float = 0.5
+    # auto, video frames from tiles_above_px that get one BlazeFace pass (720p): YuNet probes a source every
+    # video_probe_every frames (0: never); one that finds a face BlazeFace missed keeps it on YuNet for
+    # video_probe_hold frames.
+    video_probe_every: int = 60
+    video_probe_hold: int = 300
 
     def validate(self, key: str) -> None:
         _unit_interval(self, key, "score_threshold", "nms_iou", "yunet_score_threshold")
-        _non_negative(self, key, "min_face_px")
+        _non_negative(self, key, "min_face_px", "video_probe_every", "video_probe_hold")
         _positive(self, key, "tiles_above_px", "video_tiles_above_px", "small_face_px")
 
 

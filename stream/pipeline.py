@@ -119,7 +119,8 @@ def load_models(config: Config) -> Models:
                                       buckets=BatchBuckets.for_batch(rt.batch_size, bucketed), strategy=det.strategy,
                                       small_face_px=det.small_face_px, tiles_above_px=det.tiles_above_px,
                                       video_tiles_above_px=det.video_tiles_above_px, yunet_model=det.yunet_model,
-                                      yunet_score_threshold=det.yunet_score_threshold)
+                                      yunet_score_threshold=det.yunet_score_threshold,
+                                      probe_every=det.video_probe_every, probe_hold=det.video_probe_hold)
     classifier = EmotionClassifier.from_path(config.classifier.model, rt.providers, rt.intra_op_threads,
                                              provider_opts=opts, uint8_input=uint8,
                                              buckets=BatchBuckets.for_batch(4 * rt.batch_size, bucketed),

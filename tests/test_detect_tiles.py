@@ -98,6 +98,40 @@ def test_auto_keeps_one_pass_for_a_webcam_and_takes_yunet_for_1080p(detector: Fa
     assert without.yunet is None and without.resolve(1920, 1080) == "tiles"  # no YuNet model: tiles
 
 
+def test_a_720p_camera_with_far_faces_is_moved_to_yunet_by_a_probe(face: tuple[np.ndarray, np.ndarray]) -> None:
+    # By the faces seen: a 720p video source gets one BlazeFace view; a YuNet probe on its first frame
+    # finds the far face that view misses and keeps the source on YuNet (five keypoints, not six)
+    # for probe_hold frames; a camera whose faces BlazeFace finds stays on BlazeFace.
+    detector = FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx", min_face_px=12, strategy="auto",
+                                      probe_every=4, probe_hold=3)
+    far = background(1280, 720, seed=6)
+    truth = paste(far, face, 60, 900, 300)
+    near = background(1280, 720, seed=7)
+    paste(near, face, 320, 640, 360)
+    assert detector.resolve(1280, 720, still=False) == "single"
+    assert detector.detect([far], [False]) == [[]]  # no source: no probe, and one view misses the face
+    assert detector.yunet is not None
+    yunet_detect, calls = detector.yunet.detect, []
+
+    def counted(image: np.ndarray):  # type: ignore[no-untyped-def]
+        calls.append(image is far)
+        return yunet_detect(image)
+
+    detector.yunet.detect = counted  # type: ignore[method-assign]
+    keypoints = []
+    for _ in range(6):
+        (found_far, found_near) = detector.detect([far, near], [False, False], [1, 2])
+        assert len(found_far) == 1 and pairwise_iou(truth[None], boxes_of(found_far))[0, 0] >= 0.4
+        assert len(found_near) == 1
+        keypoints.append((len(found_far[0].keypoints_xy), len(found_near[0].keypoints_xy)))
+    # Source 1: probed, found what BlazeFace missed: on YuNet, 3 frames held, probed again, and so on.
+    # Source 2: probed on frames 0 and 4 (every 4th), BlazeFace saw its face: BlazeFace's result.
+    assert keypoints == [(5, 6)] * 6
+    assert calls.count(True) == 6 and calls.count(False) == 2
+    stills = detector.detect([far], [True], [1])  # a still 1280x720 image: YuNet anyway
+    assert len(stills[0]) == 1
+
+
 def test_the_tile_plan_covers_1080p(tiled: FaceDetector) -> None:
     assert tiled.resolve(1920, 1080) == "tiles"
     detector = tiled
@@ -163,7 +197,8 @@ def test_faces_below_the_classifier_minimum_are_labelled_too_small(face: tuple[n
     paste(frame, face, 60, 1200, 500)
 
     class Detector:
-        def detect(self, images: list[np.ndarray], still: list[bool] | None = None) -> list:
+        def detect(self, images: list[np.ndarray], still: list[bool] | None = None,
+                   sources: list[int] | None = None) -> list:
             return FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx", min_face_px=0,
                                           strategy="tiles", small_face_px=12).detect(images)
 

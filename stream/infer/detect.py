@@ -165,7 +165,12 @@ class FaceDetector:
     * ``auto``: for still images whose longer side is at least ``tiles_above_px`` and for video
       frames from ``video_tiles_above_px``, ``yunet`` (``tiles`` when its model is missing): a
       720p webcam stays one BlazeFace view and real time, a 1080p room camera and a group photo
-      get their small faces; else ``single``.
+      get their small faces; else ``single``. And by the faces seen: a video source whose frames
+      are at least ``tiles_above_px`` but get ``single`` (a 720p camera) is probed with YuNet on
+      its first frame and every ``probe_every`` frames after; a probe that finds a face the
+      BlazeFace view missed (a room camera's far faces) puts the source on YuNet for the next
+      ``probe_hold`` frames (then it is probed again). Probing needs each frame's source
+      (``detect(..., sources=...)``).
 
     Args:
         session: An ONNX Runtime session of a BlazeFace model with a dynamic batch axis.
@@ -184,13 +189,16 @@ class FaceDetector:
             views; >= 0.55: 4, 1 and 1. On WIDER (every 5th photo) 0.55 instead of 0.5 cost 2
             points of recall at >= 40 px and 3 at 24-40 (``benchmarks/RESULTS.md``, detection).
         yunet: The YuNet detector for ``yunet`` (and ``auto`` on large frames); None: none.
+        probe_every: ``auto``: a probed video source's frames between YuNet probes (0: no probes).
+        probe_hold: ``auto``: frames a source stays on YuNet after a probe found a face BlazeFace missed.
     """
 
     def __init__(self, session: ort.InferenceSession, score_threshold: float = 0.5, nms_iou: float = 0.3,
                  min_face_px: int = 0, *, name: str = "detector", buckets: BatchBuckets | None = None,
                  strategy: str = "single", tile_session: ort.InferenceSession | None = None,
                  small_face_px: int = 20, tiles_above_px: int = 960, video_tiles_above_px: int = 1600,
-                 tile_score_threshold: float = 0.55, yunet: YuNet | None = None) -> None:
+                 tile_score_threshold: float = 0.55, yunet: YuNet | None = None, probe_every: int = 60,
+                 probe_hold: int = 300) -> None:
         if strategy not in STRATEGIES:
             raise ModelError(f"detector strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         if strategy == "yunet" and yunet is None:
@@ -215,6 +223,11 @@ class FaceDetector:
         self.tile_score_threshold = max(score_threshold, tile_score_threshold)
         self._plans: dict[tuple[int, int, bool], list[_View]] = {}
         self._buffers = threading.local()  # each inference worker fills its own input batches
+        self.probe_every = probe_every
+        self.probe_hold = probe_hold
+        # Per probed source: [frames until its next probe, frames it has left on YuNet].
+        self._probes: dict[int, list[int]] = {}
+        self._probes_lock = threading.Lock()
 
     @classmethod
     def from_path(cls, path: Path, providers: tuple[str, ...] = ("cpu",), threads: int = 0,
@@ -223,7 +236,7 @@ class FaceDetector:
                   uint8_input: bool = False, strategy: str = "auto", tile_model: Path | None = None,
                   small_face_px: int = 20, tiles_above_px: int = 960,
                   video_tiles_above_px: int = 1600, yunet_model: Path | None = None,
-                  yunet_score_threshold: float = 0.5) -> FaceDetector:
+                  yunet_score_threshold: float = 0.5, probe_every: int = 60, probe_hold: int = 300) -> FaceDetector:
         """Load a BlazeFace ONNX file. Raises ModelError if it is missing or not BlazeFace.
 
         With ``uint8_input`` the model takes the letterboxed uint8 frames and normalises
@@ -253,7 +266,8 @@ class FaceDetector:
                 tile_session = load(tile_path)
         return cls(session, score_threshold, nms_iou, min_face_px, name=str(path), buckets=buckets,
                    strategy=strategy, tile_session=tile_session, small_face_px=small_face_px,
-                   tiles_above_px=tiles_above_px, video_tiles_above_px=video_tiles_above_px, yunet=yunet)
+                   tiles_above_px=tiles_above_px, video_tiles_above_px=video_tiles_above_px, yunet=yunet,
+                   probe_every=probe_every, probe_hold=probe_hold)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run once per batch size (every bucket, with buckets) so the first real frames are not slow."""
@@ -331,13 +345,16 @@ class FaceDetector:
                          min_score=self.score_threshold)
         return views
 
-    def detect(self, images_bgr: list[np.ndarray], still: Sequence[bool] | None = None) -> list[list[Detection]]:
-        """Find faces in every image with one model call per model.
+    def detect(self, images_bgr: list[np.ndarray], still: Sequence[bool] | None = None,
+               sources: Sequence[int] | None = None) -> list[list[Detection]]:
+        """Find faces in every image with one model call per model (YuNet: one per frame).
 
         Args:
             images_bgr: HxWx3 uint8 BGR frames (sizes may differ).
             still: Per image, whether it is a still image rather than a video frame (``auto``
-                tiles stills from a smaller size); None: all are stills.
+                takes YuNet for stills from a smaller size); None: all are stills.
+            sources: Per image, the source it comes from (its frames in order): ``auto`` probes
+                large video sources with YuNet (see the class docstring); None: no probes.
 
         Returns:
             For each image, its faces in source pixels, best first.
@@ -346,6 +363,10 @@ class FaceDetector:
             return []
         stills = [True] * len(images_bgr) if still is None else list(still)
         plans = [self.views(im.shape[1], im.shape[0], s) for im, s in zip(images_bgr, stills, strict=True)]
+        probes = self._probe_plan(images_bgr, stills, sources, plans)
+        for i, kind in probes.items():
+            if kind == "yunet":
+                plans[i] = []  # on YuNet for now: no BlazeFace view
         parts = []
         for k, net in enumerate(self.nets):
             owners = [(i, v) for i, plan in enumerate(plans) for v in plan if v.net == k]
@@ -355,10 +376,38 @@ class FaceDetector:
                 parts.append(self._candidates(net, raw_boxes, raw_scores, owners))
         results = self._merge(parts, len(images_bgr))
         for i, plan in enumerate(plans):
-            if not plan and self.yunet is not None:  # a YuNet frame: no BlazeFace view
+            if (not plan or probes.get(i) == "probe") and self.yunet is not None:
                 boxes, scores, points = self.yunet.detect(images_bgr[i])
-                results[i] = [Detection(b, float(sc), kp) for b, sc, kp in zip(boxes, scores, points, strict=True)]
+                found = [Detection(b, float(sc), kp) for b, sc, kp in zip(boxes, scores, points, strict=True)]
+                if plan and sources is not None:  # a probe: YuNet's faces where BlazeFace missed one
+                    if not _missed(found, results[i]):
+                        continue  # BlazeFace saw them all: its faces, as on the frames between probes
+                    with self._probes_lock:  # on YuNet for a while, then probed again
+                        self._probes[sources[i]] = [0, self.probe_hold]
+                results[i] = found
         return results
+
+    def _probe_plan(self, images: list[np.ndarray], stills: list[bool], sources: Sequence[int] | None,
+                    plans: list[list[_View]]) -> dict[int, str]:
+        """Which frames go to YuNet (``yunet``) or are probed (``probe``): large video frames of
+        ``auto`` that get one BlazeFace view (see the class docstring)."""
+        if sources is None or self.strategy != "auto" or self.yunet is None or self.probe_every <= 0:
+            return {}
+        out: dict[int, str] = {}
+        with self._probes_lock:
+            for i, (image, still, plan) in enumerate(zip(images, stills, plans, strict=True)):
+                if still or len(plan) != 1 or max(image.shape[:2]) < self.tiles_above_px:
+                    continue
+                state = self._probes.setdefault(sources[i], [0, 0])
+                if state[1] > 0:
+                    state[1] -= 1
+                    out[i] = "yunet"
+                elif state[0] <= 0:
+                    state[0] = self.probe_every - 1
+                    out[i] = "probe"
+                else:
+                    state[0] -= 1
+        return out
 
     def _fill(self, net: _Net, images: list[np.ndarray], owners: list[tuple[int, _View]]) -> np.ndarray:
         """The model inputs of ``owners`` (frame index, view): each frame resized once per scale."""
@@ -448,6 +497,16 @@ class FaceDetector:
         for k, i in enumerate(img_idx[keep].tolist()):
             results[i].append(Detection(blended[k], float(cand_scores[keep[k]]), points[k]))
         return results
+
+
+def _missed(found: list[Detection], seen: list[Detection], iou: float = 0.3) -> bool:
+    """Whether a face in ``found`` overlaps none in ``seen`` by ``iou``."""
+    if not found:
+        return False
+    if not seen:
+        return True
+    overlap = pairwise_iou(np.stack([d.box_xyxy for d in found]), np.stack([d.box_xyxy for d in seen]))
+    return bool((overlap.max(axis=1) < iou).any())
 
 
 def _centred(w: int, h: int, size: int) -> tuple[int, int]:
