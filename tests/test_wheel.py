@@ -70,6 +70,7 @@ def test_installed_wheel_runs_from_another_folder(wheel: Path, tmp_path: Path) -
     listing = subprocess.run([str(python), "-m", "stream", "models"], cwd=work, env=env, capture_output=True,
                              text=True, timeout=120)
     assert listing.returncode == 0 and "emotion_ferplus_resnet" in listing.stdout, listing.stderr
+    assert "yunet" in listing.stdout and "could not be loaded" not in listing.stderr, listing.stderr
     shown = subprocess.run([str(python), "-m", "stream", "config"], cwd=work, env=env, capture_output=True,
                            text=True, timeout=60)
     assert shown.returncode == 0 and "detector:" in shown.stdout

@@ -34,14 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from stream.infer import EmotionClassifier, FaceDetector
+    from stream.infer.yunet import YUNET_FILE, YuNet
 
     for path in sorted(MODELS_DIR.glob("*.onnx")):
         size = f"{path.stat().st_size / 1e6:.1f} MB"
         try:
             if path.name.startswith("blazeface"):
-                detector = FaceDetector.from_path(path)
+                detector = FaceDetector.from_path(path, strategy="single")
                 side = detector.input_size
                 print(f"{path.stem:34} detector    {size:>8}  input {side}x{side}")
+            elif path.name == YUNET_FILE:
+                YuNet.from_path(path)
+                print(f"{path.stem:34} detector    {size:>8}  input: the whole frame (for large frames: "
+                      "detector.strategy)")
             else:
                 contract = EmotionClassifier.from_path(path).contract
                 w, h = contract.input_size_wh
