@@ -1,4 +1,4 @@
-"""The whole flow in one place: many sources -> one batched inference stage -> per-source sinks.
+"""The whole flow in one place: many sources -> one batched inference stage -> each source's outputs -> the sinks.
 
     capture thread, source 0 --queue--\\                                  /--> outputs of source 0
     capture thread, source 1 --queue---> inference thread --results--> this thread --> outputs of source 1
