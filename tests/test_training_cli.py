@@ -248,3 +248,25 @@ def test_same_seed_same_run(tmp_path: Path) -> None:
                      "recipe-small", "--epochs", "2", "--batch-size", "16", "--seed", "11"]) == 0
         histories.append((tmp_path / name / "history.csv").read_text())
     assert histories[0] == histories[1]
+
+
+def test_fine_tune_from_a_trained_model(fer_run: Path, data: dict[str, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # --init starts from a trained model's weights: with a vanishing learning rate one epoch leaves its
+    # kernels as they were and its test accuracy where it was; a model that does not fit is one line.
+    import keras
+
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--fer2013", str(data["fer2013"]), "--ferplus", str(data["ferplus"]), "--out", str(tuned),
+                 "--config", str(data["config"]), "--init", str(fer_run / "model.keras"), "--epochs", "1",
+                 "--learning-rate", "1e-12", "--no-augment", "--bn-recalibration-samples", "0"]) == 0
+    before = keras.models.load_model(fer_run / "model.keras", compile=False)
+    after = keras.models.load_model(tuned / "model.keras", compile=False)
+    kernels = [(a, b) for a, b in zip(before.weights, after.weights, strict=True) if "kernel" in a.path]
+    assert kernels and all(np.allclose(a.numpy(), b.numpy(), atol=1e-6) for a, b in kernels)
+    assert abs(_report(tuned / "report.json")["accuracy"] - _report(fer_run / "report.json")["accuracy"]) <= 0.15
+    write_image_folder(tmp_path / "faces", ["a", "b"], 12)
+    capsys.readouterr()
+    assert main(["train", "--images", str(tmp_path / "faces"), "--out", str(tmp_path / "other"), "--arch",
+                 "recipe-small", "--epochs", "1", "--init", str(fer_run / "model.keras")]) == 2
+    assert "does not fit this run" in capsys.readouterr().err

@@ -81,6 +81,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder to write")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue an interrupted run from its last finished epoch, with its own data and settings")
+    p.add_argument("--init", type=Path, metavar="MODEL.keras",
+                   help="start from this trained model's weights (fine-tuning: same architecture, input and "
+                        "labels; e.g. models/mix_resnet/model.keras) instead of random ones")
     p.add_argument("--label-smoothing", type=float, metavar="E", help="label smoothing of the loss (default 0)")
     _config_flag(p)
     p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
@@ -380,6 +383,8 @@ def _train(args: argparse.Namespace) -> int:
     import json
 
     if args.resume is not None:
+        if args.init is not None:
+            raise ConfigError("--init starts a new run; --resume continues one from its own last epoch: drop one")
         cfg = _resume_args(args)
     else:
         if args.out is None or not any(getattr(args, n, None)
@@ -406,7 +411,7 @@ def _train(args: argparse.Namespace) -> int:
         except OSError as err:
             raise OutputError(f"run folder '{args.out}' could not be written: {err.strerror or err}") from err
     result = train(dataset, args.out, cfg, progress=show, step_bar=sys.stderr.isatty(), opset=args.opset,
-                   resume=args.resume is not None)
+                   resume=args.resume is not None, init=args.init)
     print(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.seconds_per_epoch:.0f} s/epoch); "
           f"validation accuracy {100 * result.validation.accuracy:.2f}%")
     _print_report(result.test)

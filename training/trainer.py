@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from stream.config import TrainingConfig
 from stream.contract import ModelContract
-from stream.errors import DataError, ModelError, OutputError
+from stream.errors import ConfigError, DataError, ModelError, OutputError
 from stream.render.outputs import OutputGroup
 from training.data import Dataset, Split, convert_images
 from training.evaluate import (
@@ -364,6 +364,7 @@ def train(
     step_bar: bool = False,
     opset: int = 17,
     resume: bool = False,
+    init: Path | None = None,
 ) -> TrainResult:
     """Train ``config.arch`` on ``dataset`` and write the run folder (see the module docstring).
 
@@ -380,13 +381,16 @@ def train(
             every epoch): weights, optimizer state, learning rate, best
             checkpoint and the early-stopping / learning-rate counters. The
             shuffling order after a resume differs from an uninterrupted run.
+        init: Start a new run from this trained ``.keras`` model's weights (fine-tuning) instead of
+            random ones; its input shape and number of outputs must be this run's. The optimizer
+            starts afresh at ``config.learning_rate``.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
         DataError: A split or a class has no images.
-        ConfigError: Unknown architecture or impossible input shape.
+        ConfigError: Unknown architecture, impossible input shape, or an ``init`` model that does not fit.
         ModelError: Training diverged or the export failed its parity check.
         OutputError: The run folder cannot be written.
     """
@@ -420,6 +424,8 @@ def train(
         log.info("resuming %s after epoch %d", run_dir, state["epoch"])
     else:
         model = build_model(config.arch, contract.input_shape(), n_labels, bn_momentum=momentum)
+        if init is not None:
+            _load_init(model, Path(init))
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
@@ -518,6 +524,26 @@ def train(
     log.info("run folder %s: %s; ONNX parity max |diff| %.1e", run_dir, test.summary(), export.max_abs_diff)
     return TrainResult(run_dir, model_path, export.path, test, validation, export, epochs_run,
                        checkpoint.best_epoch, seconds_per_epoch)
+
+
+def _load_init(model: keras.Model, path: Path) -> None:
+    """Give ``model`` the weights of the trained model at ``path`` (same architecture, input and outputs).
+
+    Raises:
+        ConfigError: It cannot be read or does not fit.
+    """
+    try:
+        trained = keras.models.load_model(path, compile=False)
+    except Exception as err:  # Keras raises its own types (and ValueError, OSError) for a bad file
+        raise ConfigError(f"--init model '{path}' could not be loaded: {str(err).splitlines()[0][:200]}") from None
+    mine = [tuple(w.shape) for w in model.weights]
+    theirs = [tuple(w.shape) for w in trained.weights]
+    if mine != theirs:
+        raise ConfigError(f"--init model '{path}' does not fit this run: input {tuple(trained.input_shape)} and "
+                          f"{len(theirs)} weight arrays against {tuple(model.input_shape)} and {len(mine)}; "
+                          "use the architecture, input size, colour and labels it was trained with")
+    model.set_weights(trained.get_weights())
+    log.info("starting from the weights of %s", path)
 
 
 def _restore(state: dict[str, Any], checkpoint: _BestCheckpoint, reporter: _Progress) -> int:
