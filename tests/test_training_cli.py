@@ -209,6 +209,9 @@ def test_train_soft_labels_with_contempt_as_a_class(tmp_path: Path) -> None:
     (["train", "--fer2013", "{fer}", "--out", "{tmp}/r", "--arch", "vgg"], "unknown architecture 'vgg'"),
     (["evaluate", "{tmp}/missing.onnx", "--fer2013", "{fer}"], "does not exist"),
     (["export", "{tmp}/model.onnx", "--out", "{tmp}/x.onnx"], "expected a .keras or .h5 file"),
+    (["train", "--fer2013", "{fer}", "--out", "{tmp}/r", "--init", "{tmp}/none.keras"],
+     "--init model .* does not exist"),
+    (["train", "--resume", "{tmp}", "--init", "{tmp}/model.onnx"], "--init starts a new run"),
 ])
 def test_bad_input_is_one_line_and_exit_2(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           argv: list[str], message: str) -> None:

@@ -382,6 +382,9 @@ def _resume_args(args: argparse.Namespace) -> TrainingConfig:
 def _train(args: argparse.Namespace) -> int:
     import json
 
+    if args.init is not None and not args.init.is_file():
+        raise ConfigError(f"--init model '{args.init}' does not exist (a trained .keras file, e.g. "
+                          "models/mix_resnet/model.keras)")
     if args.resume is not None:
         if args.init is not None:
             raise ConfigError("--init starts a new run; --resume continues one from its own last epoch: drop one")
