@@ -71,11 +71,12 @@ from stream.capture.sources import is_remote_file
 from stream.capture.spec import SourceSpec, load_sources, unique_names
 from stream.cluster import ModelActor
 from stream.config import Config
-from stream.contract import ModelContract, printable
+from stream.contract import printable
 from stream.control import ENDED, FAILED, REMOVED, RUNNING, ReloadResult, check_openable, free_name, reload_plan
 from stream.errors import ConfigError, ModelError, StreamError
 from stream.logtap import WarningTap
 from stream.redact import redact_url
+from stream.sinks.base import source_added
 from stream.summary import RunSummary
 
 __all__ = ["ACTOR_PREFIX", "MAX_RESTARTS", "FleetOptions", "FleetResult", "FleetTap", "FleetWorker",
@@ -576,9 +577,8 @@ def run_fleet(specs: Sequence[SourceSpec], config: Config, options: FleetOptions
                 signal.signal(sig, handler)
         import ray
 
-        labels = ModelContract.from_onnx(worker_config.classifier.model).labels if sinks else ()
         _Driver(ray, NAMESPACE, groups, cameras, worker_config, config, options, interrupt, result,
-                on_health, on_reload, list(sinks), labels).run()
+                on_health, on_reload, list(sinks)).run()
         failed = False
     except KeyboardInterrupt:  # a second Ctrl-C: leave now, logs finalised below
         for cam in cameras:
@@ -642,7 +642,7 @@ class _Driver:
     def __init__(self, ray: Any, namespace: str, groups: list[_Group], cameras: list[_Camera], config: Config,
                  out_config: Config, options: FleetOptions, interrupt: threading.Event, result: FleetResult,
                  on_health: Callable[[list[str]], None] | None,
-                 on_reload: Callable[[str], None] | None, sinks: list[Any], labels: Sequence[str]) -> None:
+                 on_reload: Callable[[str], None] | None, sinks: list[Any]) -> None:
         self.ray = ray
         self.namespace = namespace
         self.groups = groups  # a reload appends the new cameras' groups
@@ -654,7 +654,6 @@ class _Driver:
         self.on_health = on_health
         self.on_reload = on_reload
         self.sinks = sinks
-        self.labels = tuple(labels)
         self.result = result
         self.remote = ray.remote(FleetWorker)
         self.run_id = uuid.uuid4().hex[:8]
@@ -761,10 +760,7 @@ class _Driver:
             cam.t_start = t0
         self.cameras.extend(added)
         for cam in added:
-            for sink in self.sinks:
-                added_hook = getattr(sink, "on_source_added", None)
-                if callable(added_hook):
-                    added_hook(cam.summary)
+            source_added(self.sinks, cam.summary)
         for i in range(0, len(added), per):
             group = _Group(added[i:i + per])
             self.groups.append(group)
@@ -815,7 +811,7 @@ class _Driver:
         for record in answer["records"]:
             cam = by_id[record["source_id"]]
             if cam.write(record) and self.sinks:  # each frame once: one the log has is not written again
-                result = result_of_event(record, self.labels, time.perf_counter())
+                result = result_of_event(record, time.perf_counter())
                 for sink in self.sinks:
                     sink.on_result(result, cam.summary)
         for gid, lost in answer["lost"].items():

@@ -53,6 +53,7 @@ from stream.render import EventLog, ImageWriter, VideoRecorder, display_availabl
 from stream.render.outputs import check_output_paths
 from stream.render.pool import OutputPool
 from stream.sinks import Sink
+from stream.sinks.base import source_added
 from stream.sinks.files import SourceOutputs
 from stream.sinks.window import WindowSink
 from stream.summary import RunSummary
@@ -454,10 +455,7 @@ class Pipeline:
         self._lanes.append(lane)  # before the mux sees it: the tracker must be there
         self._inference.mux.add(lane.summary.source_id, lane.capture.frames)
         lane.capture.start()
-        for sink in self.sinks:
-            added = getattr(sink, "on_source_added", None)
-            if callable(added):
-                added(lane.summary)
+        source_added(self.sinks, lane.summary)
         log.info("source %s added: %s", lane.summary.source_id, lane.summary.source)
         return lane.summary.source_id
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import threading
 from dataclasses import replace
@@ -98,9 +99,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _run_fleet(args, config, specs, options)
     from stream.sinks.progress import ProgressBar
 
-    sinks: list[Any] = [ProgressBar()] if config.output.progress else []  # each closed below
-    try:
-        sinks += _published(args, config)
+    with contextlib.ExitStack() as started:  # every sink closed (the bar cleared) before the summaries
+        sinks: list[Any] = []
+        if config.output.progress:
+            sinks.append(started.enter_context(contextlib.closing(ProgressBar())))
+        sinks += _published(args, config, started)
         if args.sources is None:
             summaries = Pipeline(specs, config, options, sinks=sinks).run()
         else:  # SIGHUP re-reads the sources file
@@ -111,9 +114,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             control.attach(pipeline, file_keys(specs[len(args.source):], len(args.source)))
             with SighupReload(control):
                 summaries = pipeline.run()
-    finally:
-        for sink in sinks:
-            sink.close()
     if len(summaries) == 1 and summaries[0].error is not None:
         raise summaries[0].error  # one source: its failure is the run's one error line
     failed = print_summaries(summaries, config, report=args.report)
@@ -132,8 +132,8 @@ def metrics_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _published(args: argparse.Namespace, config: Config) -> list[Any]:
-    """The sinks that send results elsewhere (``--mqtt``, ``--metrics``), started; the caller closes them.
+def _published(args: argparse.Namespace, config: Config, started: contextlib.ExitStack) -> list[Any]:
+    """The sinks that send results elsewhere (``--mqtt``, ``--metrics``), started; ``started`` stops them.
 
     Raises:
         ConfigError: An extra is missing, or the metrics address cannot be bound.
@@ -143,57 +143,28 @@ def _published(args: argparse.Namespace, config: Config) -> list[Any]:
     from stream.contract import ModelContract
 
     labels = ModelContract.from_onnx(config.classifier.model).labels
-    uncertain_below = config.classifier.uncertain_below
-    out: list[Any] = []
-    try:
-        if config.mqtt.url:
-            from stream.sinks.mqtt import MqttPublisher
+    sinks: list[Any] = []
+    if config.mqtt.url:
+        from stream.sinks.mqtt import MqttPublisher
 
-            out.append(MqttPublisher.from_config(config, labels).start())
-        if args.metrics is not None:
-            out.append(_MetricsServer(args.metrics, labels, uncertain_below))
-    except BaseException:
-        for sink in out:
-            sink.close()
-        raise
-    return out
-
-
-class _MetricsServer:
-    """``--metrics``: a :class:`~stream.sinks.metrics.PipelineMetrics` sink served on its own thread."""
-
-    wants_images = False
-
-    def __init__(self, address: tuple[str, int], labels: tuple[str, ...], uncertain_below: float) -> None:
+        sinks.append(started.enter_context(contextlib.closing(MqttPublisher.from_config(config, labels).start())))
+    if args.metrics is not None:
         try:
             from stream.sinks.metrics import PipelineMetrics, serve_metrics
         except ImportError as err:
             raise ConfigError(f"--metrics needs the serve extra: pip install 'emostream[serve]' "
                               f"({err.name} is missing)") from None
-        self.metrics = PipelineMetrics(labels, uncertain_below=uncertain_below)
-        host, port = address
+        metrics = PipelineMetrics(labels, uncertain_below=config.classifier.uncertain_below)
+        host, port = args.metrics
         try:
-            self.server = serve_metrics(self.metrics, host, port)
+            server = serve_metrics(metrics, host, port)
         except OSError as err:
             raise ConfigError(f"--metrics {host}:{port}: cannot listen there: {err.strerror or err}") from None
+        started.callback(server.server_close)
+        started.callback(server.shutdown)
         say(f"metrics: http://{f'[{host}]' if ':' in host else host}:{port}/metrics")
-
-    # -- Sink: the metrics' own
-    def on_start(self, summaries: list[RunSummary]) -> None:
-        self.metrics.on_start(summaries)
-
-    def on_source_added(self, summary: RunSummary) -> None:
-        self.metrics.on_source_added(summary)
-
-    def on_result(self, result: Any, summary: RunSummary) -> None:
-        self.metrics.on_result(result, summary)
-
-    def on_source_end(self, summary: RunSummary) -> None:
-        self.metrics.on_source_end(summary)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        sinks.append(metrics)
+    return sinks
 
 
 def source_specs(sources: list[str], sources_file: Path | None) -> list[SourceSpec]:
@@ -237,13 +208,9 @@ def _run_fleet(args: argparse.Namespace, config: Config, specs: list[SourceSpec]
 
     if args.sources is not None:
         signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
-    sinks: list[Any] = []
-    try:
-        sinks += _published(args, config)
-        result = run_fleet(specs, config, options, on_health=health, on_reload=say, sinks=sinks)
-    finally:
-        for sink in sinks:
-            sink.close()
+    with contextlib.ExitStack() as started:
+        result = run_fleet(specs, config, options, on_health=health, on_reload=say,
+                           sinks=_published(args, config, started))
     restarts = dict(zip((s.source_id for s in result.summaries), result.restarts, strict=True))
 
     def restart_line(summary: RunSummary) -> list[str]:

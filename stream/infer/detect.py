@@ -379,9 +379,10 @@ class FaceDetector:
             if (not plan or probes.get(i) == "probe") and self.yunet is not None:
                 boxes, scores, points = self.yunet.detect(images_bgr[i])
                 found = [Detection(b, float(sc), kp) for b, sc, kp in zip(boxes, scores, points, strict=True)]
-                if plan and sources is not None:  # a probe: YuNet's faces where BlazeFace missed one
+                if probes.get(i) == "probe":  # YuNet's faces where BlazeFace missed one
                     if not _missed(found, results[i]):
                         continue  # BlazeFace saw them all: its faces, as on the frames between probes
+                    assert sources is not None  # probes need them
                     with self._probes_lock:  # on YuNet for a while, then probed again
                         self._probes[sources[i]] = [0, self.probe_hold]
                 results[i] = found

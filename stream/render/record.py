@@ -399,19 +399,20 @@ def frame_event(result: FrameResult, labels: Sequence[str], *, uncertain_below: 
 _FACE_KEYS = {"id", "box_xyxy", "score", "label", "probs", "keypoints_xy"}
 
 
-def result_of_event(record: dict, labels: Sequence[str], now_s: float) -> FrameResult:
+def result_of_event(record: dict, now_s: float) -> FrameResult:
     """A :class:`FrameResult` rebuilt from its event record (:func:`event_record`), without the pixels,
     so the sinks of a pipeline also serve where only records arrive (a fleet's driver).
 
-    The image is empty (0x0), ``t_done_s`` is ``now_s`` and the capture time is set back by the
-    record's latency; ``result.event`` is the record itself, so every sink shows the same line.
+    Each face's ``probs`` come in the record's order, which :func:`event_record` writes in the
+    classifier's label order. The image is empty (0x0), ``t_done_s`` is ``now_s`` and the capture
+    time is set back by the record's latency; ``result.event`` is the record itself, so every sink
+    shows the same line.
     """
     faces = []
     for f in record["faces"]:
-        probs = f["probs"]
         faces.append(Face(
             box_xyxy=np.asarray(f["box_xyxy"], np.float32), score=float(f["score"]),
-            probs=np.asarray([probs.get(label, 0.0) for label in labels], np.float32), id=int(f["id"]),
+            probs=np.asarray(list(f["probs"].values()), np.float32), id=int(f["id"]),
             keypoints_xy=np.asarray(f["keypoints_xy"], np.float32).reshape(-1, 2), too_small=f["label"] == TOO_SMALL,
             heads={k: np.asarray(list(v.values()), np.float32) for k, v in f.items() if k not in _FACE_KEYS}))
     latency_s = float(record.get("latency_ms", 0.0)) / 1000.0

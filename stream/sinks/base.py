@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from stream.records import FrameResult
 from stream.summary import RunSummary
 
-__all__ = ["Sink"]
+__all__ = ["Sink", "source_added"]
 
 
 class Sink(Protocol):
@@ -36,3 +37,11 @@ class Sink(Protocol):
 
     def on_source_end(self, summary: RunSummary) -> None:
         """That source ended (``summary.error`` says why, if it failed; ``warning`` "removed" when removed)."""
+
+
+def source_added(sinks: Iterable[Sink], summary: RunSummary) -> None:
+    """Tell the sinks that have ``on_source_added`` that a source joined the running pipeline."""
+    for sink in sinks:
+        added = getattr(sink, "on_source_added", None)
+        if callable(added):
+            added(summary)
