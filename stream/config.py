@@ -291,6 +291,10 @@ class TrainingConfig:
     rotation_deg: float = 20.0
     shift: float = 0.1
     horizontal_flip: bool = True
+    zoom: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    low_res: float = 0.0
     bn_momentum: Literal["auto"] | float = "auto"
     bn_recalibration_samples: int = 512
     early_stopping_patience: int = 10
@@ -302,7 +306,8 @@ class TrainingConfig:
         _positive(self, key, "input_size", "epochs", "batch_size", "learning_rate")
         _non_negative(self, key, "rotation_deg", "early_stopping_patience", "reduce_lr_patience",
                       "bn_recalibration_samples")
-        _unit_interval(self, key, "shift", "validation_split", "test_split", "crop_margin", "label_smoothing")
+        _unit_interval(self, key, "shift", "validation_split", "test_split", "crop_margin", "label_smoothing",
+                       "zoom", "brightness", "contrast", "low_res")
         _at_most(self, key, input_size=1024, batch_size=4096, bn_recalibration_samples=1_000_000)
         if self.input_size < 16:
             raise ConfigError(f"{key}.input_size: must be >= 16, got {self.input_size}")

@@ -126,3 +126,28 @@ def test_the_small_dataset_batch_norm_failure_and_its_fix() -> None:
     assert val_accuracy() < 0.4                                          # ...but inference mode is lost
     recalibrate_batch_norm(model, x[:512])
     assert val_accuracy() > 0.8                                          # fixed, same weights
+
+
+def test_camera_augmentations_change_light_and_resolution_and_repeat_with_the_seed() -> None:
+    # Brightness, contrast and down-and-up scaling run on the raw 0-255 pixels: a shrunk and
+    # re-enlarged face loses its fine texture (less high-frequency energy), values stay in range,
+    # and the same seed gives the same batch.
+    from stream.config import TrainingConfig
+    from training.trainer import _Photometric
+
+    assert _Photometric.of(TrainingConfig()) is None
+    assert _Photometric.of(TrainingConfig(low_res=1.0, augment=False)) is None
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (8, 48, 48, 1)).astype(np.float32)
+
+    def detail(x: np.ndarray) -> float:
+        return float(np.abs(np.diff(x, axis=2)).mean())
+
+    low = np.asarray(_Photometric(TrainingConfig(low_res=1.0, seed=3))(batch))
+    assert low.shape == batch.shape and low.min() >= 0 and low.max() <= 255
+    assert detail(low) < 0.8 * detail(batch)
+    again = np.asarray(_Photometric(TrainingConfig(low_res=1.0, seed=3))(batch))
+    np.testing.assert_array_equal(low, again)
+    light = np.asarray(_Photometric(TrainingConfig(brightness=0.3, contrast=0.3, seed=3))(batch))
+    assert light.shape == batch.shape and not np.allclose(light, batch)
+    assert light.min() >= 0 and light.max() <= 255

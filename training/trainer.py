@@ -20,7 +20,8 @@ the validation split (FER2013 ``PublicTest``); the test split
 (``PrivateTest``) is scored once, at the end.
 
 Loss is categorical cross-entropy on the softmax output (one-hot or vote
-targets); augmentation (rotation, shifts, horizontal flip) runs as Keras
+targets); augmentation (rotation, shifts, zoom, horizontal flip; brightness,
+contrast and down-and-up scaling on the raw pixels when configured) runs as Keras
 preprocessing layers in the ``tf.data`` input pipeline, so the saved model
 holds no augmentation layers. Class weights (optional) are the "balanced"
 ``n / (k * count)`` weights, applied as per-image sample weights.
@@ -301,7 +302,11 @@ def _log_progress(progress: EpochProgress) -> None:
 
 
 def _augmenter(config: TrainingConfig) -> keras.Sequential | None:
-    """The ImageDataGenerator recipe as Keras preprocessing layers (edge pixels repeated)."""
+    """The ImageDataGenerator recipe as Keras preprocessing layers (edge pixels repeated).
+
+    Geometric: it runs on normalised images (every step commutes with the
+    per-pixel normalisation).
+    """
     if not config.augment:
         return None
     steps: list[keras.layers.Layer] = []
@@ -311,14 +316,54 @@ def _augmenter(config: TrainingConfig) -> keras.Sequential | None:
     if config.shift > 0:
         steps.append(keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="nearest",
                                                     seed=config.seed + 2))
+    if config.zoom > 0:
+        steps.append(keras.layers.RandomZoom(config.zoom, fill_mode="nearest", seed=config.seed + 4))
     if config.horizontal_flip:
         steps.append(keras.layers.RandomFlip("horizontal", seed=config.seed + 3))
     return keras.Sequential(steps, name="augment") if steps else None
 
 
+class _Photometric:
+    """Light, contrast and resolution changes a camera makes, on 0-255 pixels before normalisation.
+
+    ``low_res``: that share of each batch is shrunk to 35-100 % of its side
+    (one size per batch) and scaled back, as a small or blurred face would
+    reach the classifier.
+    """
+
+    def __init__(self, config: TrainingConfig) -> None:
+        steps: list[keras.layers.Layer] = []
+        if config.brightness > 0:
+            steps.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 255),
+                                                       seed=config.seed + 5))
+        if config.contrast > 0:
+            steps.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 255), seed=config.seed + 6))
+        self._layers = keras.Sequential(steps, name="photometric") if steps else None
+        self._low_res = config.low_res
+        self._rng = tf.random.Generator.from_seed(config.seed + 7)
+
+    @classmethod
+    def of(cls, config: TrainingConfig) -> _Photometric | None:
+        wanted = config.augment and (config.brightness > 0 or config.contrast > 0 or config.low_res > 0)
+        return cls(config) if wanted else None
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        if self._layers is not None:
+            x = self._layers(x, training=True)
+        if self._low_res > 0:
+            size = tf.shape(x)[1:3]
+            scale = self._rng.uniform([], 0.35, 1.0)
+            small = tf.maximum(tf.cast(tf.cast(size, tf.float32) * scale, tf.int32), 4)
+            degraded = tf.image.resize(tf.image.resize(x, small, antialias=True), size)
+            chosen = self._rng.uniform(tf.shape(x)[:1]) < self._low_res
+            x = tf.where(chosen[:, None, None, None], degraded, x)
+        return x
+
+
 def _pipeline(
     split: Split, contract: ModelContract, batch_size: int, *, seed: int, training: bool,
-    augmenter: keras.Sequential | None = None, weights: np.ndarray | None = None,
+    augmenter: keras.Sequential | None = None, photometric: _Photometric | None = None,
+    weights: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     tensors: tuple[np.ndarray, ...] = (split.images, split.targets)
     if weights is not None:
@@ -329,7 +374,10 @@ def _pipeline(
     ds = ds.batch(batch_size)
 
     def prepare(x: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        x = contract.normalize(tf.cast(x, tf.float32))
+        x = tf.cast(x, tf.float32)
+        if photometric is not None:
+            x = photometric(x)
+        x = contract.normalize(x)
         if augmenter is not None:
             x = augmenter(x, training=True)
         return (x, *rest)
@@ -337,8 +385,8 @@ def _pipeline(
     # One map call at a time: the augmentation layers draw from stateful seed
     # generators, and parallel calls would race for them, so the same seed
     # would not give the same run. Prefetching still overlaps it with training.
-    return ds.map(prepare, num_parallel_calls=None if augmenter is not None else tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE)
+    serial = augmenter is not None or photometric is not None
+    return ds.map(prepare, num_parallel_calls=None if serial else tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def _check_dataset(dataset: Dataset) -> None:
@@ -440,7 +488,8 @@ def train(
         log.info("class weights: %s", ", ".join(f"{lab} {w:.2f}" for lab, w in zip(data.labels, weights,
                                                                                    strict=True)))
     train_ds = _pipeline(train_split, contract, config.batch_size, seed=config.seed, training=True,
-                         augmenter=_augmenter(config), weights=weights)
+                         augmenter=_augmenter(config), photometric=_Photometric.of(config),
+                         weights=weights)
     val_ds = _pipeline(val_split, contract, config.batch_size, seed=config.seed, training=False)
 
     model_path = run_dir / "model.keras"
