@@ -119,11 +119,11 @@ class _TimedDetector:
         self._started: dict[int, tuple[float, np.ndarray, np.ndarray]] = {}
 
     def detect(self, images_bgr: list[np.ndarray], still: Sequence[bool] | None = None,
-               sources: Sequence[int] | None = None) -> object:
+               sources: Sequence[int] | None = None, prescaled: Sequence[np.ndarray | None] | None = None) -> object:
         t_start = time.perf_counter()
         for image in images_bgr:
             self._started[id(image)] = (t_start, image, image[:STAMP_ROWS].copy())
-        return self.inner.detect(images_bgr, still, sources)  # type: ignore[attr-defined]
+        return self.inner.detect(images_bgr, still, sources, prescaled)  # type: ignore[attr-defined]
 
     def take(self, image: np.ndarray) -> tuple[float, np.ndarray | None]:
         """When the detector started on ``image`` (NaN: it did not, e.g. ``detect_every`` > 1) and its stamp rows."""
@@ -141,7 +141,7 @@ class _NoFaces:
         self.work_ms = work_ms
 
     def detect(self, images_bgr: list[np.ndarray], still: Sequence[bool] | None = None,
-               sources: Sequence[int] | None = None) -> list[list[object]]:
+               sources: Sequence[int] | None = None, prescaled: object = None) -> list[list[object]]:
         if self.work_ms > 0:
             time.sleep(self.work_ms / 1000.0)
         return [[] for _ in images_bgr]

@@ -104,7 +104,7 @@ def load_models(config: Config) -> Models:
 
     With batch buckets (``runtime.batch_buckets``; ``auto``: when a GPU provider is
     used) every bucket is planned here, so no input shape is new mid-run. With
-    ``runtime.uint8_input`` (``auto``: on a GPU) both models take uint8 and
+    ``runtime.uint8_input`` (``auto``: on every provider) both models take uint8 and
     normalise inside the graph.
     """
     rt = config.runtime
@@ -113,7 +113,8 @@ def load_models(config: Config) -> Models:
     opts: dict[str, dict[str, str]] = {"cuda": {"cudnn_conv_algo_search": rt.cudnn_conv_algo_search},
             "tensorrt": {"trt_fp16_enable": str(rt.tensorrt_fp16), "trt_engine_cache_enable": "True",
                          "trt_engine_cache_path": str(rt.tensorrt_cache_dir.expanduser())}}
-    uint8 = rt.uint8_input == "on" or (rt.uint8_input == "auto" and gpu)
+    # In the graph the normalisation is off the Python thread, and the results are the same bits.
+    uint8 = rt.uint8_input != "off"
     det = config.detector
     detector = FaceDetector.from_path(det.model, rt.providers, rt.intra_op_threads, det.score_threshold, det.nms_iou,
                                       det.min_face_px, provider_opts=opts, uint8_input=uint8,
@@ -402,8 +403,10 @@ class Pipeline:
                                 heads=self.models.classifier.contract.heads)
         stop = threading.Event()
         size = config.capture.live_buffer if source.live else config.capture.queue_size
+        # The detector's scaling on the capture thread, unless most frames skip detection.
+        prescale = getattr(self.models.detector, "prescale", None) if config.runtime.detect_every <= 1 else None
         capture = CaptureThread(source, size, stop, max_frames, source_id=source_id,
-                                on_put=self._wake.set, open_first=open_first)
+                                on_put=self._wake.set, open_first=open_first, prescale=prescale)
         tracker = IouTracker.from_config(config.tracking, still_images=isinstance(source, ImageSource))
         return _Lane(spec, source, outputs, tracker, capture, stop)
 

@@ -29,6 +29,8 @@ class Frame:
         source_id: Position of the source in the pipeline's source list (stable for the run).
         still: A still image (not a video frame): the detector may spend more on it
             (``detector.tiles_above_px`` against ``video_tiles_above_px``).
+        prescaled: The frame scaled for the detector, made by the capture thread
+            (:meth:`~stream.infer.detect.FaceDetector.prescale`); None: the detector scales it.
     """
 
     source: str
@@ -38,6 +40,7 @@ class Frame:
     image_bgr: np.ndarray
     source_id: int = 0
     still: bool = False
+    prescaled: np.ndarray | None = None
 
     @property
     def size_wh(self) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stream.boxes import pairwise_iou
+from stream.boxes import box_iou, pairwise_iou
 from stream.records import Face
 
 if TYPE_CHECKING:
@@ -81,16 +81,19 @@ class IouTracker:
     def _match(self, faces: list[Face]) -> dict[int, _Track]:
         if not faces or not self._tracks:
             return {}
-        iou = pairwise_iou(np.stack([f.box_xyxy for f in faces]), np.stack([t.box_xyxy for t in self._tracks]))
+        if len(faces) == 1 and len(self._tracks) == 1:  # one face, one track: the common case
+            track = self._tracks[0]
+            return {0: track} if box_iou(faces[0].box_xyxy, track.box_xyxy) >= self.iou_threshold else {}
+        iou = pairwise_iou(np.array([f.box_xyxy for f in faces]), np.array([t.box_xyxy for t in self._tracks]))
         matches: dict[int, _Track] = {}
+        taken: set[int] = set()
         # Greedy: best overlaps first, each face and track used once.
-        for flat in np.argsort(-iou, axis=None):
-            face_index, track_index = divmod(int(flat), iou.shape[1])
+        for flat in np.argsort(-iou, axis=None).tolist():
+            face_index, track_index = divmod(flat, iou.shape[1])
             if iou[face_index, track_index] < self.iou_threshold:
                 break
-            track = self._tracks[track_index]
-            if face_index in matches or any(m is track for m in matches.values()):
+            if face_index in matches or track_index in taken:
                 continue
-            matches[face_index] = track
+            matches[face_index] = self._tracks[track_index]
+            taken.add(track_index)
         return matches
-

@@ -198,7 +198,7 @@ def test_faces_below_the_classifier_minimum_are_labelled_too_small(face: tuple[n
 
     class Detector:
         def detect(self, images: list[np.ndarray], still: list[bool] | None = None,
-                   sources: list[int] | None = None) -> list:
+                   sources: list[int] | None = None, prescaled: list | None = None) -> list:
             return FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx", min_face_px=0,
                                           strategy="tiles", small_face_px=12).detect(images)
 

@@ -181,8 +181,8 @@ def test_uint8_input_in_the_graph_matches_the_numpy_path(clips: dict[str, Path])
     import cv2
 
     config = Config()
-    plain = load_models(config)
-    uint8 = load_models(config.with_overrides({"runtime.uint8_input": "on"}))
+    plain = load_models(config.with_overrides({"runtime.uint8_input": "off"}))
+    uint8 = load_models(config)  # auto: on, whatever the provider
     assert uint8.detector.uint8_input and uint8.classifier.uint8_input and not plain.detector.uint8_input
     cap = cv2.VideoCapture(str(clips["quad"]))
     images = [cap.read()[1] for _ in range(5)]
@@ -236,3 +236,47 @@ def test_a_paced_file_loops_as_a_live_camera(clips: dict[str, Path]) -> None:
     source.close()
     assert source.live and times == sorted(times) and times[45] > 1.7  # media time goes on across the loop
     assert elapsed > 1.5  # released at the clip's pace, not as fast as it decodes
+
+
+def test_frames_scaled_on_the_capture_thread_give_the_same_faces(clips: dict[str, Path], tmp_path: Path) -> None:
+    # The capture thread scales each frame for the detector as it decodes it (FaceDetector.prescale):
+    # the detector given those gets the same faces, to the bit, as when it scales the frames itself:
+    # one BlazeFace view (640x480), tiles (their whole-frame view), and none for YuNet's frames.
+    import cv2
+
+    from stream.infer.detect import FaceDetector
+
+    models = load_models(Config())
+    cap = cv2.VideoCapture(str(clips["quad"]))
+    quad = [cap.read()[1] for _ in range(3)]
+    cap.release()
+    vga = cv2.resize(quad[0], (640, 480))
+    tiles = FaceDetector.from_path(Config().detector.model, strategy="tiles")
+    for detector, images in ((models.detector, [vga, quad[1]]), (tiles, quad)):
+        prescaled = [detector.prescale(im) for im in images]
+        assert all(p is not None and p.shape[2] == 3 for p in prescaled)
+        want, got = detector.detect(images), detector.detect(images, prescaled=prescaled)
+        assert [len(d) for d in got] == [len(d) for d in want] and sum(map(len, want)) >= 4
+        for a, b in zip(want, got, strict=True):
+            for da, db in zip(a, b, strict=True):
+                np.testing.assert_array_equal(da.box_xyxy, db.box_xyxy)
+                np.testing.assert_array_equal(da.keypoints_xy, db.keypoints_xy)
+    assert models.detector.prescale(np.zeros((1080, 1920, 3), np.uint8), still=True) is None  # YuNet's
+
+    seen: list[bool] = []
+
+    class Sink:
+        wants_images = False
+        wants_stop = False
+
+        def on_start(self, summaries: list) -> None: ...
+
+        def on_result(self, result: object, summary: object) -> None:
+            seen.append(result.frame.prescaled is not None)  # type: ignore[attr-defined]
+
+        def on_source_end(self, summary: object) -> None: ...
+
+    config = Config().with_overrides({"output.video": False, "output.events": False, "output.display": "off",
+                                      "output.dir": str(tmp_path)})
+    Pipeline([str(clips["vga"])], config, models=models, sinks=[Sink()]).run()
+    assert len(seen) == 120 and all(seen)

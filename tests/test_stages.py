@@ -100,11 +100,12 @@ class FailingDetector:
     def __init__(self, real: FaceDetector) -> None:
         self.real, self.calls = real, 0
 
-    def detect(self, images: list[np.ndarray], still: list[bool] | None = None, sources: list[int] | None = None):
+    def detect(self, images: list[np.ndarray], still: list[bool] | None = None, sources: list[int] | None = None,
+               prescaled: list | None = None):
         self.calls += 1
         if self.calls == 3:
             raise RuntimeError("detector exploded")
-        return self.real.detect(images, still, sources)
+        return self.real.detect(images, still, sources, prescaled)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from stream.capture.sources import FrameSource
 from stream.records import EndOfStream, Frame
 from stream.worker import Worker, put_until_stopped
@@ -40,13 +42,18 @@ class CaptureThread(Worker):
         source_id: Stamped on every frame and on the end marker.
         on_put: Called after every frame put (the inference stage's wake-up).
         open_first: The source comes unopened: open it on this thread.
+        prescale: ``(image, still) -> prescaled``, run on each frame as it is decoded
+            (:meth:`~stream.infer.detect.FaceDetector.prescale`: the detector's scaling, done
+            here while the frame is in this thread's cache and off the inference thread).
     """
 
     def __init__(self, source: FrameSource, maxsize: int, stop: threading.Event, max_frames: int | None = None,
-                 *, source_id: int = 0, on_put: Callable[[], None] | None = None, open_first: bool = False) -> None:
+                 *, source_id: int = 0, on_put: Callable[[], None] | None = None, open_first: bool = False,
+                 prescale: Callable[[np.ndarray, bool], np.ndarray | None] | None = None) -> None:
         super().__init__(f"capture-{source_id}", maxsize, stop, source_id=source_id, on_put=on_put)
         self.source = source
         self.open_first = open_first
+        self.prescale = prescale
         self.still = not source.live and source.frame_count == 1  # a still image
         self.max_frames = max_frames
         self.captured = 0
@@ -67,7 +74,8 @@ class CaptureThread(Worker):
                 return EndOfStream("eof", warning=self.source.warning, source_id=self.source_id)
             image, t_media_s = item
             frame = Frame(self.source.name, self.captured, t_media_s, time.perf_counter(), image,
-                          self.source_id or 0, still=self.still)
+                          self.source_id or 0, still=self.still,
+                          prescaled=self.prescale(image, self.still) if self.prescale is not None else None)
             self.captured += 1
             if self.source.live:
                 self._put_newest(frame)

@@ -35,8 +35,8 @@ def eye_roll_deg(keypoints_xy: np.ndarray) -> float:
     0 for an upright face; positive when the subject's left eye (on the image's right)
     sits lower, i.e. the face is turned clockwise on screen (image y points down).
     """
-    dx, dy = (float(v) for v in keypoints_xy[1] - keypoints_xy[0])
-    return math.degrees(math.atan2(dy, dx))
+    (rx, ry), (lx, ly) = keypoints_xy[:2].tolist()
+    return math.degrees(math.atan2(ly - ry, lx - rx))
 
 
 def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract: ModelContract | CropSpec,
@@ -62,16 +62,18 @@ def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract
     out_w, out_h = contract.input_size_wh
     crops = []
     for k, box in enumerate(boxes_xyxy):
-        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, y1, x2, y2 = box.tolist()  # plain floats: a few scalar steps per face, no NumPy calls
         box_side = max(x2 - x1, y2 - y1, 1.0)
         cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0 + contract.crop_offset_y * box_side
         side = box_side * (1.0 + 2.0 * contract.crop_margin)
         s = out_w / side  # same scale on both axes: a non-square input gets a taller/wider crop
         left, top = cx - side / 2.0, cy - side * out_h / out_w / 2.0
         # Pixel centres map as in cv2.resize of the crop: dst + 0.5 = (src + 0.5 - left) * s.
-        warp = np.array([[s, 0.0, (0.5 - left) * s - 0.5], [0.0, s, (0.5 - top) * s - 0.5]], np.float32)
-        if roll_deg is not None and roll_deg[k] != 0.0:
-            warp = _rolled_warp(warp, (x1 + x2) / 2.0, (y1 + y2) / 2.0, math.radians(roll_deg[k]))
+        tx, ty = (0.5 - left) * s - 0.5, (0.5 - top) * s - 0.5
+        if roll_deg is None or roll_deg[k] == 0.0:
+            warp = np.array([[s, 0.0, tx], [0.0, s, ty]], np.float32)
+        else:
+            warp = _rolled_warp(s, tx, ty, (x1 + x2) / 2.0, (y1 + y2) / 2.0, math.radians(roll_deg[k]))
         crop = cv2.warpAffine(image_bgr, warp, (out_w, out_h), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
         if contract.color == "gray":
@@ -82,23 +84,21 @@ def crop_faces(image_bgr: np.ndarray, boxes_xyxy: Sequence[np.ndarray], contract
     return crops
 
 
-def _rolled_warp(warp: np.ndarray, px: float, py: float, roll: float) -> np.ndarray:
-    """``warp`` applied after turning the frame by ``-roll`` about the box centre ``(px, py)``.
+def _rolled_warp(s: float, tx: float, ty: float, px: float, py: float, roll: float) -> np.ndarray:
+    """The upright crop's warp (``dst = s * src + (tx, ty)``) applied after turning the frame by
+    ``-roll`` about the box centre ``(px, py)``.
 
     In frame coordinates with pixel centres at ``p + 0.5``, the turn maps ``P`` to
     ``A (P - c) + c`` with ``A`` the rotation by ``-roll``; the upright crop's warp then
     applies. Composed, still one affine map.
     """
     cos, sin = math.cos(roll), math.sin(roll)
-    a = np.array([[cos, sin], [-sin, cos]])
-    c = np.array([px, py])
-    s = float(warp[0, 0])
-    t = warp[:, 2].astype(np.float64) + 0.5 - 0.5 * s  # the upright map as dst + 0.5 = s * P + t
-    turned_t = s * (c - a @ c) + t  # dst + 0.5 = s * A P + turned_t
-    out = np.empty((2, 3), np.float32)
-    out[:, :2] = s * a
-    out[:, 2] = turned_t + s * a @ np.array([0.5, 0.5]) - 0.5
-    return out
+    # The upright map as dst + 0.5 = s * P + t; turned: dst + 0.5 = s * A P + s * (c - A c) + t.
+    t_x, t_y = tx + 0.5 - 0.5 * s, ty + 0.5 - 0.5 * s
+    turned_x = s * (px - (cos * px + sin * py)) + t_x
+    turned_y = s * (py - (-sin * px + cos * py)) + t_y
+    return np.array([[s * cos, s * sin, turned_x + s * 0.5 * (cos + sin) - 0.5],
+                     [-s * sin, s * cos, turned_y + s * 0.5 * (cos - sin) - 0.5]], np.float32)
 
 
 class EmotionClassifier:

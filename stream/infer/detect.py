@@ -115,6 +115,11 @@ class _View:
     min_face: float = 0.0
     min_score: float = 0.0
 
+    @property
+    def limited(self) -> bool:
+        """Whether some of its detections may be dropped: on a shared edge, or too large or small."""
+        return any(self.inner) or self.max_face != math.inf or self.min_face > 0.0
+
 
 class _Net:
     """One BlazeFace ONNX session with its fixed square input and anchors (model pixels)."""
@@ -345,8 +350,20 @@ class FaceDetector:
                          min_score=self.score_threshold)
         return views
 
+    def prescale(self, image_bgr: np.ndarray, still: bool = False) -> np.ndarray | None:
+        """The frame scaled for its whole-frame BlazeFace view, RGB, unpadded: what :meth:`detect`
+        would make of it first (None: its plan has no BlazeFace view).
+
+        Capture threads call it right after decoding, while the frame is still in their CPU's
+        cache (a third of the cost of scaling it later, on the inference thread), and hand it to
+        :meth:`detect` with the frame (``prescaled``). Safe on any thread.
+        """
+        plan = self.views(image_bgr.shape[1], image_bgr.shape[0], still)
+        return _scaled_rgb(image_bgr, plan[0].scale) if plan else None
+
     def detect(self, images_bgr: list[np.ndarray], still: Sequence[bool] | None = None,
-               sources: Sequence[int] | None = None) -> list[list[Detection]]:
+               sources: Sequence[int] | None = None,
+               prescaled: Sequence[np.ndarray | None] | None = None) -> list[list[Detection]]:
         """Find faces in every image with one model call per model (YuNet: one per frame).
 
         Args:
@@ -355,6 +372,7 @@ class FaceDetector:
                 takes YuNet for stills from a smaller size); None: all are stills.
             sources: Per image, the source it comes from (its frames in order): ``auto`` probes
                 large video sources with YuNet (see the class docstring); None: no probes.
+            prescaled: Per image, :meth:`prescale`'s result for it, or None (scaled here).
 
         Returns:
             For each image, its faces in source pixels, best first.
@@ -367,11 +385,18 @@ class FaceDetector:
         for i, kind in probes.items():
             if kind == "yunet":
                 plans[i] = []  # on YuNet for now: no BlazeFace view
+        scaled: dict[tuple[int, float], np.ndarray] = {}
+        for i, image in enumerate(prescaled or ()):
+            if image is not None and plans[i]:
+                scale = plans[i][0].scale
+                h, w = images_bgr[i].shape[:2]
+                if image.shape[:2] == (max(1, round(h * scale)), max(1, round(w * scale))):  # made for this plan
+                    scaled[(i, scale)] = image
         parts = []
         for k, net in enumerate(self.nets):
             owners = [(i, v) for i, plan in enumerate(plans) for v in plan if v.net == k]
             if owners:
-                batch = self._fill(net, images_bgr, owners)
+                batch = self._fill(net, images_bgr, owners, scaled)
                 raw_boxes, raw_scores = net.infer(batch)
                 parts.append(self._candidates(net, raw_boxes, raw_scores, owners))
         results = self._merge(parts, len(images_bgr))
@@ -410,8 +435,10 @@ class FaceDetector:
                     state[0] -= 1
         return out
 
-    def _fill(self, net: _Net, images: list[np.ndarray], owners: list[tuple[int, _View]]) -> np.ndarray:
-        """The model inputs of ``owners`` (frame index, view): each frame resized once per scale."""
+    def _fill(self, net: _Net, images: list[np.ndarray], owners: list[tuple[int, _View]],
+              scaled: dict[tuple[int, float], np.ndarray]) -> np.ndarray:
+        """The model inputs of ``owners`` (frame index, view): each frame scaled once per scale
+        (``scaled``: the scaled frames already made, by (frame index, scale); added to)."""
         size = net.size
         n = len(owners)
         batches: dict[int, np.ndarray] = self._buffers.__dict__.setdefault("by_size", {})
@@ -421,19 +448,10 @@ class FaceDetector:
             batches[size] = batch
         batch = batch[:n]
         batch.fill(0)
-        scaled: dict[tuple[int, float], np.ndarray] = {}
         for j, (i, view) in enumerate(owners):
             image = scaled.get((i, view.scale))
             if image is None:
-                h, w = images[i].shape[:2]
-                rw, rh = max(1, round(w * view.scale)), max(1, round(h * view.scale))
-                # Bilinear is 10-20x cheaper than area averaging and found the same faces on our clips
-                # down to 1/10 scale (1280x720 into 128 px); below that (1080p and up) aliasing would
-                # start to eat small faces, so area averaging it is.
-                interpolation = cv2.INTER_LINEAR if view.scale >= 0.1 else cv2.INTER_AREA
-                image = cv2.cvtColor(cv2.resize(images[i], (rw, rh), interpolation=interpolation),
-                                     cv2.COLOR_BGR2RGB)  # BlazeFace wants RGB
-                scaled[(i, view.scale)] = image
+                image = scaled[(i, view.scale)] = _scaled_rgb(images[i], view.scale)
             rh, rw = image.shape[:2]
             sx, sy = max(0, view.x0), max(0, view.y0)
             ex, ey = min(rw, view.x0 + size), min(rh, view.y0 + size)
@@ -443,10 +461,13 @@ class FaceDetector:
     def _candidates(self, net: _Net, raw_boxes: np.ndarray, raw_scores: np.ndarray,
                     owners: list[tuple[int, _View]]) -> tuple[np.ndarray, ...]:
         """Every anchor above the threshold as (frame index, box, score, keypoints) in source pixels."""
-        logits = np.clip(raw_scores[..., 0], -80.0, 80.0)  # float32 exp overflows past ~88
-        scores = 1.0 / (1.0 + np.exp(-logits))
-        least = np.array([max(v.min_score, self.score_threshold) for _, v in owners], np.float32)
-        view_idx, anchor_idx = np.nonzero(scores >= least[:, None])
+        # Per view: scale, origin (2), shared edges (4), largest and smallest face, least score as a logit.
+        table = np.array([(v.scale, v.x0, v.y0, *v.inner, v.max_face, v.min_face,
+                           _logit(max(v.min_score, self.score_threshold))) for _, v in owners], np.float32)
+        logits = raw_scores[..., 0]
+        view_idx, anchor_idx = np.nonzero(logits >= table[:, 9:10])  # sigmoid(x) >= p  <=>  x >= logit(p)
+        # float32 exp overflows past ~88 (a threshold of 0 lets any logit through)
+        scores = 1.0 / (1.0 + np.exp(-np.maximum(logits[view_idx, anchor_idx], -80.0)))
         reg = raw_boxes[view_idx, anchor_idx]
         anchors = net.anchors_px[anchor_idx]
         centers = reg[:, :2] + anchors  # model-input pixels
@@ -454,22 +475,21 @@ class FaceDetector:
         boxes = np.concatenate([centers - half, centers + half], axis=1)
         keypoints = reg[:, 4:16].reshape(-1, 6, 2) + anchors[:, None, :]
         frame = np.array([i for i, _ in owners], np.int64)[view_idx]
-        scale = np.array([v.scale for _, v in owners], np.float32)[view_idx]
-        origin = np.array([(v.x0, v.y0) for _, v in owners], np.float32)[view_idx]
-        inner = np.array([v.inner for _, v in owners], bool)[view_idx]
-        largest = np.array([v.max_face for _, v in owners], np.float32)[view_idx]
-        smallest = np.array([v.min_face for _, v in owners], np.float32)[view_idx]
-        # Tiles: a face on an edge shared with another tile is whole in that tile; one larger than the
-        # overlap belongs to a coarser level.
-        lo, hi = _EDGE_MARGIN, net.size - _EDGE_MARGIN
-        cut = ((inner[:, 0] & (boxes[:, 0] < lo)) | (inner[:, 1] & (boxes[:, 1] < lo))
-               | (inner[:, 2] & (boxes[:, 2] > hi)) | (inner[:, 3] & (boxes[:, 3] > hi))
-               | (np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) > largest)
-               | (np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < smallest))
-        keep = ~cut
-        boxes = (boxes[keep] + np.tile(origin[keep], 2)) / scale[keep, None]
-        keypoints = (keypoints[keep] + origin[keep, None, :]) / scale[keep, None, None]
-        return frame[keep], boxes.astype(np.float32), scores[view_idx, anchor_idx][keep], keypoints.astype(np.float32)
+        rows = table[view_idx]
+        if any(v.limited for _, v in owners):
+            # Tiles: a face on an edge shared with another tile is whole in that tile; one larger than
+            # the overlap belongs to a coarser level.
+            lo, hi = _EDGE_MARGIN, net.size - _EDGE_MARGIN
+            inner = rows[:, 3:7] > 0
+            side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            keep = ~((inner[:, 0] & (boxes[:, 0] < lo)) | (inner[:, 1] & (boxes[:, 1] < lo))
+                     | (inner[:, 2] & (boxes[:, 2] > hi)) | (inner[:, 3] & (boxes[:, 3] > hi))
+                     | (side > rows[:, 7]) | (side < rows[:, 8]))
+            frame, boxes, scores, keypoints, rows = frame[keep], boxes[keep], scores[keep], keypoints[keep], rows[keep]
+        scale, origin = rows[:, 0:1], rows[:, 1:3]
+        boxes = (boxes + np.concatenate([origin, origin], axis=1)) / scale
+        keypoints = (keypoints + origin[:, None, :]) / scale[:, :, None]
+        return frame, boxes.astype(np.float32), scores, keypoints.astype(np.float32)
 
     def _merge(self, parts: list[tuple[np.ndarray, ...]], n_images: int) -> list[list[Detection]]:
         """Weighted NMS per frame over every view's candidates: each kept box is the score-weighted
@@ -477,10 +497,10 @@ class FaceDetector:
         results: list[list[Detection]] = [[] for _ in range(n_images)]
         if not parts:
             return results
-        img_idx = np.concatenate([p[0] for p in parts])
-        boxes = np.concatenate([p[1] for p in parts])
-        cand_scores = np.concatenate([p[2] for p in parts])
-        keypoints = np.concatenate([p[3] for p in parts])
+        if len(parts) == 1:
+            img_idx, boxes, cand_scores, keypoints = parts[0]
+        else:
+            img_idx, boxes, cand_scores, keypoints = (np.concatenate(column) for column in zip(*parts, strict=True))
         wh = boxes[:, 2:] - boxes[:, :2]
         big = np.minimum(wh[:, 0], wh[:, 1]) >= max(self.min_face_px, 1)
         boxes, cand_scores, img_idx, wh, keypoints = boxes[big], cand_scores[big], img_idx[big], wh[big], keypoints[big]
@@ -494,10 +514,30 @@ class FaceDetector:
         weights = np.where(same & (pairwise_iou(boxes[keep], boxes) > self.nms_iou), cand_scores[None, :], 0.0)
         weights = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
         blended = weights @ boxes
-        points = np.einsum("kn,npc->kpc", weights, keypoints)
+        points = (weights @ keypoints.reshape(len(keypoints), -1)).reshape(-1, *keypoints.shape[1:])
         for k, i in enumerate(img_idx[keep].tolist()):
             results[i].append(Detection(blended[k], float(cand_scores[keep[k]]), points[k]))
         return results
+
+
+def _logit(p: float) -> float:
+    """The logit whose sigmoid is ``p`` (``p`` of 0 or 1: minus or plus a large number)."""
+    if p <= 0.0:
+        return -1e30
+    if p >= 1.0:
+        return 1e30
+    return math.log(p / (1.0 - p))
+
+
+def _scaled_rgb(image_bgr: np.ndarray, scale: float) -> np.ndarray:
+    """The frame scaled by ``scale`` (each side rounded, at least 1 pixel), RGB as BlazeFace wants it."""
+    h, w = image_bgr.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # Bilinear is 10-20x cheaper than area averaging and found the same faces on our clips down to
+    # 1/10 scale (1280x720 into 128 px); below that (1080p and up) aliasing would start to eat small
+    # faces, so area averaging it is.
+    interpolation = cv2.INTER_LINEAR if scale >= 0.1 else cv2.INTER_AREA
+    return cv2.cvtColor(cv2.resize(image_bgr, size, interpolation=interpolation), cv2.COLOR_BGR2RGB)
 
 
 def _missed(found: list[Detection], seen: list[Detection], iou: float = 0.3) -> bool:

@@ -203,8 +203,8 @@ def analyse_batch(frames: list[Frame], detector: FaceDetector, classifier: Emoti
 
     Safe to run on several threads at once (the sessions are shared; nothing else is).
     """
-    found = detector.detect([f.image_bgr for f in frames], [f.still for f in frames],
-                            [f.source_id for f in frames]) if detections is None else detections
+    found = detector.detect([f.image_bgr for f in frames], [f.still for f in frames], [f.source_id for f in frames],
+                            [f.prescaled for f in frames]) if detections is None else detections
     crops: list[np.ndarray] = []
     for frame, dets in zip(frames, found, strict=True):
         rolls = [eye_roll_deg(d.keypoints_xy) for d in dets] if classifier.align == "eyes" else None
@@ -349,7 +349,8 @@ class InferenceThread(Worker):
                 self._last[frame.source_id] = (frame.index, ref)
             plan.append(ref)
         found = self.detector.detect([batch[i].image_bgr for i in todo], [batch[i].still for i in todo],
-                                     [batch[i].source_id for i in todo]) if todo else []
+                                     [batch[i].source_id for i in todo], [batch[i].prescaled for i in todo]
+                                     ) if todo else []
         for source_id, (seen, ref) in self._last.items():
             if isinstance(ref, int):
                 self._last[source_id] = (seen, found[ref])
