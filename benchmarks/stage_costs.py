@@ -7,7 +7,8 @@ clock (``time.thread_time``: the work of this thread only) and the wall clock, o
 frames after a warm-up:
 
     decode        cv2.VideoCapture.read                           capture threads (one per source)
-    letterbox     FaceDetector._fill: resize + pad into the batch    inference (Python + OpenCV)
+    prescale      FaceDetector.prescale: resize + RGB, just decoded  capture threads (one per source)
+    letterbox     FaceDetector._fill: pad into the batch              inference (Python + NumPy)
     detector      the BlazeFace session call                     inference (ONNX Runtime)
     decode_nms    anchors -> boxes, batched weighted NMS         inference (NumPy)
     crop_align    crop_faces, eye alignment, every face          inference (OpenCV warps)
@@ -34,7 +35,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -45,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from stream.config import SAMPLE_CLIP, Config  # noqa: E402
 from stream.infer.classify import crop_faces, eye_roll_deg  # noqa: E402
-from stream.pipeline import load_models  # noqa: E402
+from stream.pipeline import Models, load_models  # noqa: E402
 from stream.records import Face, Frame, FrameResult  # noqa: E402
 from stream.render.draw import annotate  # noqa: E402
 from stream.render.record import EventLog, VideoRecorder, frame_event  # noqa: E402
@@ -54,19 +55,29 @@ from stream.track import IouTracker  # noqa: E402
 INFERENCE_PYTHON = ("letterbox", "decode_nms", "crop_align", "tracking")
 
 
-def read_frames(path: Path, n: int) -> tuple[list[np.ndarray], float]:
-    """The first ``n`` frames (looping the clip) and the decode CPU time per frame, in ms."""
+def read_frames(path: Path, n: int, prescale: Callable[[np.ndarray, bool], object] | None = None
+                ) -> tuple[list[np.ndarray], float, list[object], float]:
+    """The first ``n`` frames (looping the clip), the decode CPU time per frame in ms, and with
+    ``prescale`` each frame's prescaled image made right after its decoding, as a capture thread
+    does, and its CPU time per frame in ms."""
     frames: list[np.ndarray] = []
-    t0 = time.thread_time()
+    prescaled: list[object] = []
+    decode_s = prescale_s = 0.0
     while len(frames) < n:
         cap = cv2.VideoCapture(str(path))
         while len(frames) < n:
+            t0 = time.thread_time()
             ok, image = cap.read()
+            t1 = time.thread_time()
+            decode_s += t1 - t0
             if not ok:
                 break
             frames.append(image)
+            if prescale is not None:
+                prescaled.append(prescale(image, False))
+                prescale_s += time.thread_time() - t1
         cap.release()
-    return frames, (time.thread_time() - t0) * 1000 / n
+    return frames, decode_s * 1000 / n, prescaled, prescale_s * 1000 / n
 
 
 def quad_clip(work: Path) -> Path:
@@ -84,9 +95,9 @@ def quad_clip(work: Path) -> Path:
     return out
 
 
-def costs(images: list[np.ndarray], batch: int, config: Config, work: Path) -> dict[str, float]:
+def costs(images: list[np.ndarray], prescaled: list, batch: int, config: Config, models: Models,
+          work: Path) -> dict[str, float]:
     """CPU ms per frame of each stage, for batches of ``batch`` frames."""
-    models = load_models(config)
     detector, classifier = models.detector, models.classifier
     labels = classifier.labels
     spent: dict[str, float] = dict.fromkeys(
@@ -107,13 +118,14 @@ def costs(images: list[np.ndarray], batch: int, config: Config, work: Path) -> d
     for start in range(0, len(images) - batch + 1, batch):
         chunk = images[start:start + batch]
         plans = [detector.views(im.shape[1], im.shape[0], False) for im in chunk]  # video frames
+        scaled = {(i, plan[0].scale): prescaled[start + i] for i, plan in enumerate(plans) if plan}
         parts = []
         for k, net in enumerate(detector.nets):
             owners = [(i, v) for i, plan in enumerate(plans) for v in plan if v.net == k]
             if not owners:
                 continue
             with clock("letterbox"):
-                filled = detector._fill(net, chunk, owners)
+                filled = detector._fill(net, chunk, owners, scaled)
             with clock("detector"):
                 raw_boxes, raw_scores = net.infer(filled)
             with clock("decode_nms"):
@@ -156,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         clip = quad_clip(work) if args.quad else SAMPLE_CLIP
-        images, decode_ms = read_frames(clip, args.frames + 16)
+        models = load_models(config)
+        images, decode_ms, prescaled, prescale_ms = read_frames(clip, args.frames + 16, models.detector.prescale)
         load0 = os.getloadavg()[0]
         for n in (int(x) for x in args.streams.split(",")):
             batch = min(n, config.runtime.batch_size)
-            costs(images[:16], batch, config, work)  # warm-up: sessions, buffers, encoder
-            row = {"decode": decode_ms, **costs(images[16:], batch, config, work)}
+            costs(images[:16], prescaled[:16], batch, config, models, work)  # warm-up: sessions, buffers, encoder
+            row = {"decode": decode_ms, "prescale": prescale_ms,
+                   **costs(images[16:], prescaled[16:], batch, config, models, work)}
             rows[n] = row
         load1 = os.getloadavg()[0]
     h, w = images[0].shape[:2]

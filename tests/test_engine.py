@@ -253,14 +253,18 @@ def test_frames_scaled_on_the_capture_thread_give_the_same_faces(clips: dict[str
     vga = cv2.resize(quad[0], (640, 480))
     tiles = FaceDetector.from_path(Config().detector.model, strategy="tiles")
     for detector, images in ((models.detector, [vga, quad[1]]), (tiles, quad)):
-        prescaled = [detector.prescale(im) for im in images]
+        video = [False] * len(images)  # video frames: one BlazeFace view up to 1600 px for auto
+        prescaled = [detector.prescale(im, False) for im in images]
         assert all(p is not None and p.shape[2] == 3 for p in prescaled)
-        want, got = detector.detect(images), detector.detect(images, prescaled=prescaled)
+        want, got = detector.detect(images, video), detector.detect(images, video, prescaled=prescaled)
         assert [len(d) for d in got] == [len(d) for d in want] and sum(map(len, want)) >= 4
         for a, b in zip(want, got, strict=True):
             for da, db in zip(a, b, strict=True):
                 np.testing.assert_array_equal(da.box_xyxy, db.box_xyxy)
                 np.testing.assert_array_equal(da.keypoints_xy, db.keypoints_xy)
+        if detector is models.detector:  # one view: used, not scaled again (blank, it finds no face)
+            blank = [np.zeros_like(p) for p in prescaled]
+            assert sum(map(len, detector.detect(images, video, prescaled=blank))) == 0
     assert models.detector.prescale(np.zeros((1080, 1920, 3), np.uint8), still=True) is None  # YuNet's
 
     seen: list[bool] = []

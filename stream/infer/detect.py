@@ -385,18 +385,18 @@ class FaceDetector:
         for i, kind in probes.items():
             if kind == "yunet":
                 plans[i] = []  # on YuNet for now: no BlazeFace view
-        scaled: dict[tuple[int, float], np.ndarray] = {}
+        given: dict[tuple[int, float], np.ndarray] = {}
         for i, image in enumerate(prescaled or ()):
             if image is not None and plans[i]:
                 scale = plans[i][0].scale
                 h, w = images_bgr[i].shape[:2]
                 if image.shape[:2] == (max(1, round(h * scale)), max(1, round(w * scale))):  # made for this plan
-                    scaled[(i, scale)] = image
+                    given[(i, scale)] = image
         parts = []
         for k, net in enumerate(self.nets):
             owners = [(i, v) for i, plan in enumerate(plans) for v in plan if v.net == k]
             if owners:
-                batch = self._fill(net, images_bgr, owners, scaled)
+                batch = self._fill(net, images_bgr, owners, dict(given))  # its scaled frames freed after
                 raw_boxes, raw_scores = net.infer(batch)
                 parts.append(self._candidates(net, raw_boxes, raw_scores, owners))
         results = self._merge(parts, len(images_bgr))
@@ -476,6 +476,7 @@ class FaceDetector:
         keypoints = reg[:, 4:16].reshape(-1, 6, 2) + anchors[:, None, :]
         frame = np.array([i for i, _ in owners], np.int64)[view_idx]
         rows = table[view_idx]
+        # (Boxes of no size are left to _merge, which keeps only faces of at least a pixel.)
         if any(v.limited for _, v in owners):
             # Tiles: a face on an edge shared with another tile is whole in that tile; one larger than
             # the overlap belongs to a coarser level.
