@@ -366,16 +366,17 @@ def event_record(result: FrameResult, labels: Sequence[str], *, uncertain_below:
     head_parts = dict(heads)
     faces = []
     for face in result.faces:
+        # (tolist: plain floats at once, not one NumPy scalar per number)
         faces.append({
             "id": face.id,
-            "box_xyxy": [round(float(v), 1) for v in face.box_xyxy],
+            "box_xyxy": [round(v, 1) for v in face.box_xyxy.tolist()],
             "score": round(face.score, 4),
             "label": face_label(face.probs, labels, uncertain_below, too_small=face.too_small),
-            "probs": {label: round(float(p), 4) for label, p in zip(labels, face.probs, strict=True)},
-            "keypoints_xy": [[round(float(x), 1), round(float(y), 1)] for x, y in face.keypoints_xy],
+            "probs": {label: round(p, 4) for label, p in zip(labels, face.probs.tolist(), strict=True)},
+            "keypoints_xy": [[round(x, 1), round(y, 1)] for x, y in face.keypoints_xy.tolist()],
         })
         for name, values in face.heads.items():  # the classifier's extra heads, by the contract's names
-            faces[-1][name] = {part: round(float(v), 4) for part, v in zip(head_parts[name], values, strict=True)}
+            faces[-1][name] = {part: round(v, 4) for part, v in zip(head_parts[name], values.tolist(), strict=True)}
     return {
         "source": result.frame.source,
         "source_id": result.frame.source_id,
