@@ -10,6 +10,7 @@ to the frame.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import cv2
@@ -137,8 +138,8 @@ def _place(size: tuple[int, int], box: tuple[int, ...], own: int, taken: list[tu
     for i, (sx, sy) in enumerate(spots):
         sx, sy = min(max(0, sx), max(0, fw - sw)), min(max(0, sy), max(0, fh - sh))
         rect = (sx, sy, sx + sw, sy + sh)
-        ix = np.clip(np.minimum(rect[2], occupied[:, 2]) - np.maximum(rect[0], occupied[:, 0]), 0, None)
-        iy = np.clip(np.minimum(rect[3], occupied[:, 3]) - np.maximum(rect[1], occupied[:, 1]), 0, None)
+        ix = np.maximum(np.minimum(rect[2], occupied[:, 2]) - np.maximum(rect[0], occupied[:, 0]), 0)
+        iy = np.maximum(np.minimum(rect[3], occupied[:, 3]) - np.maximum(rect[1], occupied[:, 1]), 0)
         cover = ix * iy
         if not sides_only and i == 2:
             cover[own] = 0  # inside the top of its own box: covers only its own forehead
@@ -151,22 +152,44 @@ def _place(size: tuple[int, int], box: tuple[int, ...], own: int, taken: list[tu
 
 
 def _bars_size(labels: Sequence[str], font_scale: float) -> tuple[int, int]:
+    return _bars_layout(tuple(labels), font_scale)[3:]
+
+
+@functools.lru_cache(maxsize=32)
+def _bars_layout(labels: tuple[str, ...], font_scale: float) -> tuple[int, int, int, int, int]:
+    """The probability panel's text width, text height, row height, panel width and height."""
     text_w = max(cv2.getTextSize(label[:8], _FONT, font_scale, 1)[0][0] for label in labels)
     text_h = cv2.getTextSize("Ag", _FONT, font_scale, 1)[0][1]
-    return text_w + max(30, text_w) + 12, (text_h + 6) * len(labels) + 4
+    return text_w, text_h, text_h + 6, text_w + max(30, text_w) + 12, (text_h + 6) * len(labels) + 4
+
+
+@functools.lru_cache(maxsize=32)
+def _bars_panel(labels: tuple[str, ...], font_scale: float) -> np.ndarray:
+    """The panel without its bars: a dark box with the class names, drawn once and pasted per face
+    (the same pixels as drawing it: the box is opaque, the names lie inside it)."""
+    _, text_h, row, panel_w, panel_h = _bars_layout(labels, font_scale)
+    panel = np.empty((panel_h + 1, panel_w + 1, 3), np.uint8)
+    panel[:] = (32, 32, 32)
+    for i, label in enumerate(labels):
+        cv2.putText(panel, label[:8], (4, 2 + i * row + text_h + 2), _FONT, font_scale, (235, 235, 235), 1,
+                    cv2.LINE_AA)
+    panel.flags.writeable = False
+    return panel
 
 
 def _draw_bars(image: np.ndarray, probs: np.ndarray, labels: Sequence[str], origin: tuple[int, int],
                font_scale: float) -> None:
     """A compact panel at ``origin``: one row per class, name then a bar as long as its probability."""
-    text_w = max(cv2.getTextSize(label[:8], _FONT, font_scale, 1)[0][0] for label in labels)
-    text_h = cv2.getTextSize("Ag", _FONT, font_scale, 1)[0][1]
-    row, bar_w = text_h + 6, max(30, text_w)
-    panel_w, panel_h = _bars_size(labels, font_scale)
+    key = tuple(labels)
+    text_w, _, row, _, _ = _bars_layout(key, font_scale)
+    bar_w = max(30, text_w)
+    panel = _bars_panel(key, font_scale)
     x, y = origin
-    cv2.rectangle(image, (x, y), (x + panel_w, y + panel_h), (32, 32, 32), -1)
-    for i, (label, p) in enumerate(zip(labels, probs, strict=False)):
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + panel.shape[1], w), min(y + panel.shape[0], h)
+    if x0 < x1 and y0 < y1:
+        image[y0:y1, x0:x1] = panel[y0 - y:y1 - y, x0 - x:x1 - x]
+    for i, (label, p) in enumerate(zip(labels, probs.tolist(), strict=False)):
         top = y + 2 + i * row
-        cv2.putText(image, label[:8], (x + 4, top + text_h + 2), _FONT, font_scale, (235, 235, 235), 1, cv2.LINE_AA)
         bx = x + text_w + 8
-        cv2.rectangle(image, (bx, top + 3), (bx + max(1, int(bar_w * float(p))), top + row - 2), _color(label), -1)
+        cv2.rectangle(image, (bx, top + 3), (bx + max(1, int(bar_w * p)), top + row - 2), _color(label), -1)
