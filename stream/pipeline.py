@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import importlib.util
 import logging
 import queue
 import threading
@@ -105,8 +104,8 @@ def load_models(config: Config) -> Models:
 
     With batch buckets (``runtime.batch_buckets``; ``auto``: when a GPU provider is
     used) every bucket is planned here, so no input shape is new mid-run. With
-    ``runtime.uint8_input`` (``auto``: on where the ``onnx`` package is installed) both models
-    take uint8 and normalise inside the graph.
+    ``runtime.uint8_input`` (``auto``: on a GPU) both models take uint8 and
+    normalise inside the graph.
     """
     rt = config.runtime
     gpu = resolve_providers(rt.providers)[0] != "CPUExecutionProvider"
@@ -114,9 +113,9 @@ def load_models(config: Config) -> Models:
     opts: dict[str, dict[str, str]] = {"cuda": {"cudnn_conv_algo_search": rt.cudnn_conv_algo_search},
             "tensorrt": {"trt_fp16_enable": str(rt.tensorrt_fp16), "trt_engine_cache_enable": "True",
                          "trt_engine_cache_path": str(rt.tensorrt_cache_dir.expanduser())}}
-    # In the graph the normalisation is off the Python thread, and the results are the same bits; the
-    # graph is rewritten with the onnx package, which a plain install may not have (auto: then off).
-    uint8 = rt.uint8_input == "on" or (rt.uint8_input == "auto" and importlib.util.find_spec("onnx") is not None)
+    # The same bits either way. On a CPU, auto leaves it off: rewriting the graphs imports the onnx
+    # package, +0.6 s at every start, for 0.02 ms less Python per frame (benchmarks/RESULTS.md).
+    uint8 = rt.uint8_input == "on" or (rt.uint8_input == "auto" and gpu)
     det = config.detector
     detector = FaceDetector.from_path(det.model, rt.providers, rt.intra_op_threads, det.score_threshold, det.nms_iou,
                                       det.min_face_px, provider_opts=opts, uint8_input=uint8,
