@@ -3,8 +3,8 @@
     capture thread, source 0 --queue--\\                                  /--> outputs of source 0
     capture thread, source 1 --queue---> inference thread --results--> this thread --> outputs of source 1
     ...                                 (Mux: fair batches;             (demux by source_id: draw,
-                                          detect + classify;             write video, event log,
-                                          a tracker per source)          summary; then the sinks; yield)
+    (decode, and scale each frame         detect + classify;             write video, event log,
+     for the detector while hot)          a tracker per source)          summary; then the sinks; yield)
 
 Drive it from Python::
 
