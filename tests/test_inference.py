@@ -170,6 +170,24 @@ def test_tracker_keeps_ids_and_smooths() -> None:
     assert tracker.update([Face(a, 0.9, p1)])[0].id == 2
 
 
+def test_tracker_one_face_path_matches_the_general_one() -> None:
+    # One face against one track is matched in plain floats (box_iou), any other count by the IoU
+    # matrix (pairwise_iou): the two agree, and a face that moved too far opens a new track.
+    from stream.boxes import box_iou, pairwise_iou
+
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        a, b = (np.sort(rng.uniform(0, 100, (2, 2)), axis=0).T.ravel()[[0, 2, 1, 3]].astype(np.float32)
+                for _ in range(2))
+        assert box_iou(a, b) == pytest.approx(float(pairwise_iou(a[None], b[None])[0, 0]), abs=1e-6)
+    box, p = np.array([10, 10, 50, 50], np.float32), np.array([1.0, 0.0], np.float32)
+    tracker = IouTracker(iou_threshold=0.3)
+    ids = [tracker.update([Face(box + d, 0.9, p)])[0].id for d in (0, 4, 8)]
+    assert ids == [0, 0, 0]
+    assert tracker.update([Face(box + 100, 0.9, p)])[0].id == 1  # no overlap: a new track
+    assert tracker.update([Face(box + 100, 0.9, p), Face(box, 0.9, p)])[0].id == 1  # two faces: general path
+
+
 def test_flip_average_contract_averages_each_crop_with_its_mirror(classifier: EmotionClassifier,
                                                                    tmp_path: Path) -> None:
     import dataclasses
