@@ -355,7 +355,7 @@ class FaceDetector:
         would make of it first (None: its plan has no BlazeFace view).
 
         Capture threads call it right after decoding, while the frame is still in their CPU's
-        cache (a third of the cost of scaling it later, on the inference thread), and hand it to
+        cache (about half the cost of scaling it later, on the inference thread), and hand it to
         :meth:`detect` with the frame (``prescaled``). Safe on any thread.
         """
         plan = self.views(image_bgr.shape[1], image_bgr.shape[0], still)
