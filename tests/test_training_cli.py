@@ -253,6 +253,23 @@ def test_same_seed_same_run(tmp_path: Path) -> None:
     assert histories[0] == histories[1]
 
 
+def test_camera_augmentations_train_and_repeat_with_the_seed(tmp_path: Path) -> None:
+    # zoom, brightness, contrast and low_res from the config file, inside the real tf.data pipeline:
+    # the run trains, and the same seed gives the same history.
+    write_image_folder(tmp_path / "faces", ["a", "b", "c"], 16, seed=7)
+    (tmp_path / "aug.yaml").write_text("training:\n  zoom: 0.1\n  brightness: 0.2\n  contrast: 0.3\n"
+                                       "  low_res: 0.5\n")
+    histories = []
+    for name in ("one", "two"):
+        assert main(["train", "--images", str(tmp_path / "faces"), "--out", str(tmp_path / name), "--arch",
+                     "recipe-small", "--epochs", "2", "--batch-size", "16", "--seed", "5",
+                     "--config", str(tmp_path / "aug.yaml")]) == 0
+        histories.append((tmp_path / name / "history.csv").read_text())
+    assert histories[0] == histories[1]
+    settings = _report(tmp_path / "one" / "report.json")["training"]["settings"]
+    assert (settings["zoom"], settings["brightness"], settings["contrast"], settings["low_res"]) == (0.1, 0.2, 0.3, 0.5)
+
+
 def test_fine_tune_from_a_trained_model(fer_run: Path, data: dict[str, Path], tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     # --init starts from a trained model's weights: with a vanishing learning rate one epoch leaves its
