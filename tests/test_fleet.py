@@ -23,6 +23,7 @@ from stream.fleet import FleetTap
 from stream.records import Frame, FrameResult
 from stream.render.record import EventLog
 from stream.summary import RunSummary
+from tests.cli_run import interrupt, running_cli
 from tests.conftest import run_cli
 
 LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear")
@@ -277,11 +278,8 @@ def test_a_fleet_reloads_its_sources_file_on_sighup(tmp_path: Path, clips: dict[
 
     write({"camA": clips["vga"], "camB": clips["vga"]})
     stderr = tmp_path / "run.stderr"
-    with stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "stream", "run", "--sources", str(cams), "--ray", ray_address,
-                                 "--sources-per-worker", "2", "--max-seconds", "150", "--out-dir", str(out),
-                                 "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err, text=True)
-    try:
+    with running_cli(["run", "--sources", str(cams), "--ray", ray_address, "--sources-per-worker", "2",
+                      "--max-seconds", "150", "--out-dir", str(out), "--no-progress"], tmp_path, stderr) as proc:
         _wait_for("camB frames", lambda: len(_records(partial_path(out / "camB.events.jsonl"))) >= 10, proc,
                   timeout_s=90)
         write({"camA": clips["vga"], "camC": clips["noface"]})
@@ -296,12 +294,7 @@ def test_a_fleet_reloads_its_sources_file_on_sighup(tmp_path: Path, clips: dict[
         _wait_for("the warning", lambda: "not reloaded" in stderr.read_text(), proc)
         camc = len(_records(partial_path(out / "camC.events.jsonl")))
         _wait_for("camC going on", lambda: len(_records(partial_path(out / "camC.events.jsonl"))) > camc + 10, proc)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(90) == 130, stderr.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        interrupt(proc, stderr, 90)
     text = stderr.read_text()
     assert "Traceback" not in text
     assert len([line for line in text.splitlines() if "not reloaded" in line]) == 1

@@ -22,6 +22,7 @@ from stream.errors import SourceError
 from stream.records import Frame, FrameResult
 from stream.sinks.health import GAP_S, STALE_S, SourceHealth, topic_name
 from stream.summary import RunSummary
+from tests.cli_run import interrupt, running_cli
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install -e '.[serve]'")
 pytest.importorskip("prometheus_client", reason="the serve extra is not installed: pip install -e '.[serve]'")
@@ -176,21 +177,13 @@ def test_run_serves_metrics_of_every_source(tmp_path: Path, fleet: bool, request
     port = _free_port()
     ray = ["--ray", request.getfixturevalue("ray_address")] if fleet else []
     stderr = tmp_path / "run.stderr"
-    with stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "stream", "run", "--sources", str(cams), *ray,
-                                 "--metrics", str(port), "--max-seconds", "40", "--out-dir", str(tmp_path / "out"),
-                                 "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
-    try:
+    with running_cli(["run", "--sources", str(cams), *ray, "--metrics", str(port), "--max-seconds", "40",
+                      "--out-dir", str(tmp_path / "out"), "--no-progress"], tmp_path, stderr) as proc:
         samples = _scrape_until(port, proc, lambda s: _processed(s, "a") >= 30 and _processed(s, "b") >= 30)
         assert samples["emostream_source_up"][(("source", "a"),)] == 1.0
         assert samples["emostream_faces_total"][(("source", "a"),)] >= 25  # a face in (nearly) every frame
         assert samples["emostream_frame_latency_seconds_count"][(("source", "b"),)] >= 30
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(90) == 130, stderr.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        interrupt(proc, stderr, 90)
     text = stderr.read_text()
     assert f"metrics: http://127.0.0.1:{port}/metrics" in text and "Traceback" not in text
     with pytest.raises(OSError):  # closed with the run

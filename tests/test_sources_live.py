@@ -11,8 +11,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +22,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install -e '.[serve]'")
 
+from tests.cli_run import interrupt, running_cli
 from tests.test_serve import CHROMIUM, Serve, serve  # noqa: F401  (the fixture: one serve subprocess, killed at the end)
 
 TOKEN = "sources-test-token-0123456789"
@@ -188,11 +187,8 @@ def test_run_reloads_its_sources_file_on_sighup(clips: dict[str, Path], tmp_path
     sources, out = tmp_path / "cams.yaml", tmp_path / "out"
     write_sources(sources, {"a": clips["vga"], "b": clips["vga"]})
     stderr = tmp_path / "run.stderr"
-    with stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "stream", "run", "--sources", str(sources), "--out-dir",
-                                 str(out), "--no-progress", "--max-seconds", "300"], cwd=tmp_path,
-                                stdout=subprocess.DEVNULL, stderr=err, env={**os.environ})
-    try:
+    with running_cli(["run", "--sources", str(sources), "--out-dir", str(out), "--no-progress", "--max-seconds",
+                      "300"], tmp_path, stderr) as proc:
         partial = out / "a.events.partial.jsonl"
         wait_for("the run's first frames", lambda: partial.is_file() and partial.stat().st_size > 0, timeout_s=90)
         write_sources(sources, {"a": clips["vga"], "c": clips["noface"]})
@@ -206,12 +202,7 @@ def test_run_reloads_its_sources_file_on_sighup(clips: dict[str, Path], tmp_path
         proc.send_signal(signal.SIGHUP)
         wait_for("the warning", lambda: "not reloaded" in stderr.read_text())
         assert proc.poll() is None  # a bad file changes nothing
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(60) == 130, stderr.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        interrupt(proc, stderr, 60)
     text = stderr.read_text()
     assert "Traceback" not in text
     assert len([line for line in text.splitlines() if "not reloaded" in line]) == 1
