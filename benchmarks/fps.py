@@ -236,7 +236,9 @@ def bench_stages(frames: list[np.ndarray], models: Models, batch_sizes: Sequence
     n_faces = sum(len(d) for d in detections)
     boxes = [[d.box_xyxy for d in dets] for dets in detections]
     size = detector.input_size
-    model_input = np.stack([cv2.resize(f, (size, size)) for f in frames]).astype(np.float32) / 127.5 - 1.0
+    model_input = np.stack([cv2.resize(f, (size, size)) for f in frames])
+    if not detector.uint8_input:
+        model_input = model_input.astype(np.float32) / 127.5 - 1.0
 
     # Each function handles all the held frames; ``measure`` checks the count it returns.
     for b in batch_sizes:

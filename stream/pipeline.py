@@ -104,8 +104,8 @@ def load_models(config: Config) -> Models:
 
     With batch buckets (``runtime.batch_buckets``; ``auto``: when a GPU provider is
     used) every bucket is planned here, so no input shape is new mid-run. With
-    ``runtime.uint8_input`` (``auto``: on a GPU) both models take uint8 and
-    normalise inside the graph.
+    ``runtime.uint8_input`` (``auto``: on a GPU) the classifier (and a float detector)
+    takes uint8 and normalises inside the graph; the shipped detectors always do.
     """
     rt = config.runtime
     gpu = resolve_providers(rt.providers)[0] != "CPUExecutionProvider"

@@ -48,6 +48,33 @@ def test_both_detectors_find_the_face_in_a_batch(name: str, face_image: np.ndarr
     np.testing.assert_allclose(half * 2, big, atol=12)
 
 
+@pytest.mark.parametrize("name", ["blazeface_short_range.onnx", "blazeface_full_range.onnx"])
+def test_shipped_detectors_take_uint8_and_normalise_as_the_float_graph(name: str, face_image: np.ndarray) -> None:
+    """The shipped BlazeFace files take uint8 (models/build.py uint8); their first nodes do what the
+    float graph's callers did, x / 127.5 - 1: without those nodes, float input gives the same outputs."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(MODELS / name))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    cast, mul, add = model.graph.node[:3]
+    assert [n.op_type for n in (cast, mul, add)] == ["Cast", "Mul", "Add"]
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert (float(consts[mul.input[1]]), float(consts[add.input[1]])) == (np.float32(1 / 127.5), -1.0)
+    plain = onnx.load(str(MODELS / name))  # the float graph: the three nodes gone, their output the input
+    del plain.graph.node[:3]
+    plain.graph.input[0].name = add.output[0]
+    plain.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    size = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    x = np.stack([cv2.resize(face_image, (size, size))[:, :, ::-1], np.zeros((size, size, 3), np.uint8)])
+    shipped = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = shipped.run(None, {model.graph.input[0].name: np.ascontiguousarray(x)})
+    want = reference.run(None, {add.output[0]: x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)})
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert float(got[1][0].max()) > 0  # a face scored
+
+
 def test_detection_rates_on_real_clips(detector: FaceDetector, clips: dict[str, Path]) -> None:
     def counts(path: Path) -> list[int]:
         cap = cv2.VideoCapture(str(path))

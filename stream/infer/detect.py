@@ -244,8 +244,9 @@ class FaceDetector:
                   yunet_score_threshold: float = 0.5, probe_every: int = 60, probe_hold: int = 300) -> FaceDetector:
         """Load a BlazeFace ONNX file. Raises ModelError if it is missing or not BlazeFace.
 
-        With ``uint8_input`` the model takes the letterboxed uint8 frames and normalises
-        them inside the graph (:func:`~stream.infer.session.uint8_input_graph`). The tile
+        The shipped models take the letterboxed uint8 frames and normalise them inside the graph
+        (``models/build.py uint8``); ``uint8_input`` does the same to a float model at load
+        (:func:`~stream.infer.session.uint8_input_graph`). The tile
         model (``tile_model``; default: ``blazeface_full_range.onnx`` beside ``path``) is
         loaded for every strategy but ``single`` and ``yunet``; where ``auto`` finds none it tiles
         with the model at ``path``. The YuNet model (``yunet_model``; default: ``yunet.onnx``

@@ -171,6 +171,8 @@ def uint8_input_graph(path: Path, scale: float, offset: float) -> bytes:
     graph = model.graph
     initialized = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initialized]
+    if len(inputs) == 1 and inputs[0].type.tensor_type.elem_type == TensorProto.UINT8:
+        return model.SerializeToString()  # takes uint8 already (the shipped detectors)
     if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
         raise ModelError(f"model '{path}': uint8 input needs one float input")
     name = inputs[0].name
