@@ -94,17 +94,24 @@ _LEVEL_RATIO = 3.0
 #: A tile detection this close (model pixels) to an edge shared with another tile is dropped:
 #: the whole face lies in a neighbouring tile.
 _EDGE_MARGIN = 4.0
+# An anchor's 8 raw points are its centre, its size and six keypoints: the size is not a position.
+_NOT_SIZE = np.array([[1.0], [0.0], [1.0], [1.0], [1.0], [1.0], [1.0], [1.0]], np.float32)
+# Up to this many candidates in a batch, the weighted NMS takes one IoU matrix of them all.
+_NMS_MATRIX_MAX = 512
 #: A single-tile level (the whole scaled frame fits one input) is trusted for faces up to this share
 #: of the input (full range: 100 % found at 128 of 192 px).
 _LARGEST_SHARE = 0.6
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _View:
     """One model input cut from a frame scaled by ``scale``: its top-left ``(x0, y0)`` in scaled
     pixels (negative for a centred letterbox), which of its edges are shared with another tile
     (left, top, right, bottom), the largest and smallest face (model pixels) trusted from it, and
-    the least score kept from it."""
+    the least score kept from it.
+
+    Hashed by identity: a frame size's views are made once (:meth:`FaceDetector.views`), and the
+    numbers the decoding needs are kept per batch layout (:meth:`FaceDetector._layout`)."""
 
     net: int
     scale: float
@@ -135,6 +142,8 @@ class _Net:
         self.size = int(shape[1])
         self.anchors = blazeface_anchors(self.size)
         self.anchors_px = self.anchors * self.size
+        # Added to an anchor's 8 raw points (centre, size, six keypoints): all but the size are offsets.
+        self.point_shift = (self.anchors_px[:, None, :] * _NOT_SIZE).astype(np.float32)
         self.input_name = inputs[0].name
         self.uint8_input = inputs[0].type == "tensor(uint8)"
 
@@ -227,6 +236,7 @@ class FaceDetector:
         self.video_tiles_above_px = video_tiles_above_px
         self.tile_score_threshold = max(score_threshold, tile_score_threshold)
         self._plans: dict[tuple[int, int, bool], list[_View]] = {}
+        self._layouts: dict[tuple[tuple[int, _View], ...], tuple] = {}
         self._buffers = threading.local()  # each inference worker fills its own input batches
         self.probe_every = probe_every
         self.probe_hold = probe_hold
@@ -461,64 +471,94 @@ class FaceDetector:
 
     def _candidates(self, net: _Net, raw_boxes: np.ndarray, raw_scores: np.ndarray,
                     owners: list[tuple[int, _View]]) -> tuple[np.ndarray, ...]:
-        """Every anchor above the threshold as (frame index, box, score, keypoints) in source pixels."""
-        # Per view: scale, origin (2), shared edges (4), largest and smallest face, least score as a logit.
-        table = np.array([(v.scale, v.x0, v.y0, *v.inner, v.max_face, v.min_face,
-                           _logit(max(v.min_score, self.score_threshold))) for _, v in owners], np.float32)
-        logits = raw_scores[..., 0]
-        view_idx, anchor_idx = np.nonzero(logits >= table[:, 9:10])  # sigmoid(x) >= p  <=>  x >= logit(p)
-        # float32 exp overflows past ~88 (a threshold of 0 lets any logit through)
-        scores = 1.0 / (1.0 + np.exp(-np.maximum(logits[view_idx, anchor_idx], -80.0)))
-        reg = raw_boxes[view_idx, anchor_idx]
-        anchors = net.anchors_px[anchor_idx]
-        centers = reg[:, :2] + anchors  # model-input pixels
-        half = reg[:, 2:4] / 2.0
-        boxes = np.concatenate([centers - half, centers + half], axis=1)
-        keypoints = reg[:, 4:16].reshape(-1, 6, 2) + anchors[:, None, :]
-        frame = np.array([i for i, _ in owners], np.int64)[view_idx]
-        rows = table[view_idx]
-        # (Boxes of no size are left to _merge, which keeps only faces of at least a pixel.)
-        if any(v.limited for _, v in owners):
+        """Every anchor above the threshold as (frame index, box, score, keypoints) in source pixels,
+        faces smaller than ``min_face_px`` (or a pixel) left out.
+
+        A few dozen NumPy calls for the whole batch, whatever its size: after the model call the
+        CPU's caches hold the model, not this code, so each call costs several microseconds.
+        """
+        least, geometry, limits, frame_of = self._layout(owners)
+        view_idx, anchor_idx = np.nonzero(raw_scores[..., 0] >= least[:, None])  # sigmoid(x) >= p <=> x >= logit(p)
+        logits = raw_scores[view_idx, anchor_idx, 0]
+        # Each anchor's 16 numbers as 8 points, model-input pixels: centre, size, six keypoints.
+        points = raw_boxes[view_idx, anchor_idx].reshape(-1, 8, 2) + net.point_shift[anchor_idx]
+        if limits is not None:
             # Tiles: a face on an edge shared with another tile is whole in that tile; one larger than
             # the overlap belongs to a coarser level.
+            limits = limits[view_idx]
             lo, hi = _EDGE_MARGIN, net.size - _EDGE_MARGIN
-            inner = rows[:, 3:7] > 0
-            side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-            keep = ~((inner[:, 0] & (boxes[:, 0] < lo)) | (inner[:, 1] & (boxes[:, 1] < lo))
-                     | (inner[:, 2] & (boxes[:, 2] > hi)) | (inner[:, 3] & (boxes[:, 3] > hi))
-                     | (side > rows[:, 7]) | (side < rows[:, 8]))
-            frame, boxes, scores, keypoints, rows = frame[keep], boxes[keep], scores[keep], keypoints[keep], rows[keep]
-        scale, origin = rows[:, 0:1], rows[:, 1:3]
-        boxes = (boxes + np.concatenate([origin, origin], axis=1)) / scale
-        keypoints = (keypoints + origin[:, None, :]) / scale[:, :, None]
-        return frame, boxes.astype(np.float32), scores, keypoints.astype(np.float32)
+            half = points[:, 1] / 2.0
+            x1y1, x2y2 = points[:, 0] - half, points[:, 0] + half
+            side = points[:, 1].max(axis=1)
+            inner = limits[:, :4] > 0
+            keep = ~((inner[:, 0] & (x1y1[:, 0] < lo)) | (inner[:, 1] & (x1y1[:, 1] < lo))
+                     | (inner[:, 2] & (x2y2[:, 0] > hi)) | (inner[:, 3] & (x2y2[:, 1] > hi))
+                     | (side > limits[:, 4]) | (side < limits[:, 5]))
+            view_idx, logits, points = view_idx[keep], logits[keep], points[keep]
+        # Source pixels: (model pixels + view origin) / view scale; the size only scaled.
+        geometry = geometry[view_idx]
+        points = (points + geometry[:, None, 1:] * _NOT_SIZE) / geometry[:, None, :1]
+        big = points[:, 1].min(axis=1) >= max(self.min_face_px, 1)
+        if not big.all():
+            view_idx, logits, points = view_idx[big], logits[big], points[big]
+        half = points[:, 1] / 2.0
+        boxes = np.concatenate([points[:, 0] - half, points[:, 0] + half], axis=1)
+        # float32 exp overflows past ~88 (a threshold of 0 lets any logit through)
+        scores = 1.0 / (1.0 + np.exp(-np.maximum(logits, -80.0)))
+        return frame_of[view_idx], boxes, scores, points[:, 2:]
+
+    def _layout(self, owners: list[tuple[int, _View]]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """Per view of a batch (frame index, view): the least score kept as a logit, the scale and
+        origin, the tile limits (shared edges, largest and smallest face; None: no view has any) and
+        the frame. Kept per layout: a stream's batches repeat a handful of them."""
+        key = tuple(owners)
+        layout = self._layouts.get(key)
+        if layout is None:
+            views = [v for _, v in owners]
+            limited = any(v.limited for v in views)
+            layout = (np.array([_logit(max(v.min_score, self.score_threshold)) for v in views], np.float32),
+                      np.array([(v.scale, v.x0, v.y0) for v in views], np.float32),
+                      np.array([(*v.inner, v.max_face, v.min_face) for v in views], np.float32) if limited else None,
+                      np.array([i for i, _ in owners], np.int64))
+            if len(self._layouts) > 256:
+                self._layouts.clear()
+            self._layouts[key] = layout
+        return layout
 
     def _merge(self, parts: list[tuple[np.ndarray, ...]], n_images: int) -> list[list[Detection]]:
-        """Weighted NMS per frame over every view's candidates: each kept box is the score-weighted
-        mean of the boxes (and keypoints) overlapping it by more than ``nms_iou``."""
+        """Weighted NMS per frame over every view's candidates: greedy, best first (as
+        ``cv2.dnn.NMSBoxes``); each kept box is the score-weighted mean of the boxes (and
+        keypoints) of its frame overlapping it by more than ``nms_iou``."""
         results: list[list[Detection]] = [[] for _ in range(n_images)]
+        parts = [p for p in parts if len(p[0])]
         if not parts:
             return results
         if len(parts) == 1:
-            img_idx, boxes, cand_scores, keypoints = parts[0]
+            frames, boxes, scores, keypoints = parts[0]
         else:
-            img_idx, boxes, cand_scores, keypoints = (np.concatenate(column) for column in zip(*parts, strict=True))
-        wh = boxes[:, 2:] - boxes[:, :2]
-        big = np.minimum(wh[:, 0], wh[:, 1]) >= max(self.min_face_px, 1)
-        boxes, cand_scores, img_idx, wh, keypoints = boxes[big], cand_scores[big], img_idx[big], wh[big], keypoints[big]
-        if boxes.shape[0] == 0:
-            return results
-        xywh = np.concatenate([boxes[:, :2], wh], axis=1)
-        keep = np.asarray(cv2.dnn.NMSBoxesBatched(xywh.tolist(), cand_scores.tolist(), img_idx.tolist(),
-                                                  self.score_threshold, self.nms_iou), np.int64).ravel()
-        keep = keep[np.argsort(-cand_scores[keep], kind="stable")]
-        same = img_idx[keep][:, None] == img_idx[None, :]
-        weights = np.where(same & (pairwise_iou(boxes[keep], boxes) > self.nms_iou), cand_scores[None, :], 0.0)
-        weights = (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+            frames, boxes, scores, keypoints = (np.concatenate(column) for column in zip(*parts, strict=True))
+        order = np.argsort(-scores, kind="stable")
+        if len(scores) <= _NMS_MATRIX_MAX:
+            # One IoU matrix serves the NMS and the weights (a batch of video frames: a few dozen).
+            over = (pairwise_iou(boxes, boxes) > self.nms_iou) & (frames[:, None] == frames[None, :])
+            kept: list[int] = []
+            merged = np.zeros(len(scores), bool)
+            for i in order.tolist():
+                if not merged[i]:
+                    kept.append(i)
+                    merged |= over[i]
+            over = over[kept]
+        else:  # thousands of tile candidates (crowds): OpenCV's NMS, then only the kept rows
+            xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+            found = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), frames.tolist(), 0.0, self.nms_iou)
+            kept = sorted(np.asarray(found, np.int64).ravel().tolist(), key=order.argsort().__getitem__)
+            over = (pairwise_iou(boxes[kept], boxes) > self.nms_iou) & (frames[kept][:, None] == frames[None, :])
+        weights = np.where(over, scores, np.float32(0.0))
+        weights /= weights.sum(axis=1, keepdims=True)
         blended = weights @ boxes
         points = (weights @ keypoints.reshape(len(keypoints), -1)).reshape(-1, *keypoints.shape[1:])
-        for k, i in enumerate(img_idx[keep].tolist()):
-            results[i].append(Detection(blended[k], float(cand_scores[keep[k]]), points[k]))
+        for k, i in enumerate(kept):
+            results[frames[i]].append(Detection(blended[k], float(scores[i]), points[k]))
         return results
 
 
