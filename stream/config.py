@@ -285,6 +285,7 @@ class TrainingConfig:
     seed: int = 1337
     label_mode: Literal["majority", "soft"] = "majority"
     label_smoothing: float = 0.0
+    neutral_weight: float = 1.0
     merge_contempt: bool = True
     class_weights: bool = False
     augment: bool = True
@@ -311,6 +312,8 @@ class TrainingConfig:
         _at_most(self, key, input_size=1024, batch_size=4096, bn_recalibration_samples=1_000_000)
         if self.input_size < 16:
             raise ConfigError(f"{key}.input_size: must be >= 16, got {self.input_size}")
+        if not 0.0 < self.neutral_weight <= 1.0:
+            raise ConfigError(f"{key}.neutral_weight: must be in (0, 1], got {self.neutral_weight}")
         if self.rotation_deg > 180:
             raise ConfigError(f"{key}.rotation_deg: must be <= 180, got {self.rotation_deg}")
         if self.bn_momentum != "auto" and not 0.0 < float(self.bn_momentum) < 1.0:

@@ -151,3 +151,23 @@ def test_camera_augmentations_change_light_and_resolution_and_repeat_with_the_se
     light = np.asarray(_Photometric(TrainingConfig(brightness=0.3, contrast=0.3, seed=3))(batch))
     assert light.shape == batch.shape and not np.allclose(light, batch)
     assert light.min() >= 0 and light.max() <= 255
+
+
+def test_neutral_weight_shifts_soft_targets_and_leaves_one_hot_rows() -> None:
+    from training.trainer import neutral_weighted
+
+    labels = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    targets = np.array([[0, 0, 0, 0.3, 0, 0, 0.7],   # soft: 3 happy, 7 neutral votes
+                        [0, 0, 0, 0, 0, 0, 1.0],     # one-hot neutral
+                        [0, 0, 0, 1.0, 0, 0, 0]], np.float32)
+    got = neutral_weighted(targets, labels, 0.5)
+    np.testing.assert_allclose(got[0, [3, 6]], [0.3 / 0.65, 0.35 / 0.65], rtol=1e-6)
+    np.testing.assert_array_equal(got[1:], targets[1:])
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-6)
+    assert neutral_weighted(targets, labels, 1.0) is targets
+    assert neutral_weighted(targets, (*labels[:6], "calm"), 0.5) is targets
+    from stream.config import Config
+
+    assert Config().with_overrides({"training.neutral_weight": 0.5}).training.neutral_weight == 0.5
+    with pytest.raises(ConfigError, match="neutral_weight"):
+        Config().with_overrides({"training.neutral_weight": 0.0})
