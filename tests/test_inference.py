@@ -75,6 +75,30 @@ def test_shipped_detectors_take_uint8_and_normalise_as_the_float_graph(name: str
     assert float(got[1][0].max()) > 0  # a face scored
 
 
+@pytest.mark.parametrize("matrix_max", [512, 0])  # one IoU matrix; OpenCV's NMS (thousands of candidates)
+def test_weighted_nms_is_greedy_per_frame_and_blends_each_kept_box(detector: FaceDetector, matrix_max: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import stream.infer.detect as detect_module
+
+    monkeypatch.setattr(detect_module, "_NMS_MATRIX_MAX", matrix_max)
+    a, b, e, c = [0, 0, 10, 10], [3, 0, 13, 10], [6, 0, 16, 10], [50, 50, 60, 60]
+    # Frame 0: B overlaps A (IoU 0.54) and E (0.54), A and E overlap by 0.25 (< nms_iou 0.3): greedy keeps
+    # A (B merged into it), then E (not merged: B was, and A is too far); C alone. Frame 1: A's twin.
+    frames = np.array([0, 0, 0, 0, 1])
+    boxes = np.array([a, b, e, c, a], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.95], np.float32)
+    keypoints = np.repeat(boxes[:, None, :2], 6, axis=1)
+    found = detector._merge([(frames, boxes, scores, keypoints)], 3)
+    assert [len(f) for f in found] == [3, 1, 0]
+    (first, second, third), (twin,) = found[0], found[1]
+    np.testing.assert_allclose(first.box_xyxy, (0.9 * boxes[0] + 0.8 * boxes[1]) / 1.7, rtol=1e-6)
+    np.testing.assert_allclose(second.box_xyxy, (0.8 * boxes[1] + 0.7 * boxes[2]) / 1.5, rtol=1e-6)
+    np.testing.assert_allclose(third.box_xyxy, c)
+    np.testing.assert_allclose(twin.box_xyxy, a)
+    assert [d.score for d in (first, second, third, twin)] == pytest.approx([0.9, 0.7, 0.6, 0.95])
+    np.testing.assert_allclose(first.keypoints_xy[0], first.box_xyxy[:2], rtol=1e-6)
+
+
 def test_detection_rates_on_real_clips(detector: FaceDetector, clips: dict[str, Path]) -> None:
     def counts(path: Path) -> list[int]:
         cap = cv2.VideoCapture(str(path))
