@@ -228,10 +228,15 @@ def test_ece_by_hand() -> None:
     assert expected_calibration_error(np.zeros((0, 2)), np.zeros(0, np.int64)) == 0.0
 
 
-def test_calibrated_probabilities_match_scaled_logits() -> None:
+@pytest.mark.parametrize("temperature", [0.01, 0.675, 1.7, 50.0])
+@pytest.mark.parametrize("bias", [None, [1.85, 2.95, 3.9, 0.0, -0.25, 0.25, 0.0]])
+def test_calibrated_probabilities_match_scaled_logits(temperature: float, bias: list[float] | None) -> None:
     z = np.random.default_rng(2).normal(0, 3, (50, 7)).astype(np.float32)
     p = calibrated(z, output="logits")
-    np.testing.assert_allclose(calibrated(p, temperature=1.7), calibrated(z / 1.7, output="logits"), atol=1e-5)
+    got = calibrated(p, temperature=temperature, logit_bias=bias)
+    np.testing.assert_allclose(got, calibrated(z, output="logits", temperature=temperature, logit_bias=bias),
+                               atol=1e-5)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)  # T = 0.01: p ** 100 would underflow unscaled
     assert np.array_equal(calibrated(p), p)  # T = 1 leaves probabilities alone
 
 
