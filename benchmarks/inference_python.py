@@ -13,6 +13,10 @@ OpenCV call the stage makes, so three figures come out, in ms per frame:
     prescale       the detector's scaling where the capture threads do it, timed right after each
                    decode as they do (0 for commits that scale on the inference thread)
 
+``--parts`` also times, in place, the stage's steps outside ONNX Runtime (decoding + NMS, crops,
+filling the detector's batch, tracking; the rest is the classifier's pre- and post-processing and
+the per-face records), where the code has them.
+
 ONNX Runtime's own threads are not seen by ``thread_time``: "with ORT" is this thread's share.
 
 ``--tree PATH`` measures another checkout of this repository (e.g. a ``git worktree`` of an
@@ -45,7 +49,7 @@ class _Clock:
     """Thread time spent inside wrapped calls, by kind."""
 
     def __init__(self) -> None:
-        self.spent = {"ort": 0.0, "opencv": 0.0}
+        self.spent: dict[str, float] = {"ort": 0.0, "opencv": 0.0}
 
     def wrap(self, kind: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -53,7 +57,7 @@ class _Clock:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.spent[kind] += time.thread_time() - t0
+                self.spent[kind] = self.spent.get(kind, 0.0) + time.thread_time() - t0
         return timed
 
 
@@ -70,7 +74,15 @@ class _TimedCv2:
         return value
 
 
-def measure(tree: Path, batch: int, frames: int, repeats: int) -> dict[str, Any]:
+#: ``--parts``: (what, module, object in it or "", function), timed where they exist.
+PARTS = (("decoding + NMS", "stream.infer.detect", "FaceDetector", "_candidates"),
+         ("decoding + NMS", "stream.infer.detect", "FaceDetector", "_merge"),
+         ("batch fill", "stream.infer.detect", "FaceDetector", "_fill"),
+         ("crops", "stream.infer.stage", "", "crop_faces"),
+         ("tracking", "stream.infer.stage", "", "track_batch"))
+
+
+def measure(tree: Path, batch: int, frames: int, repeats: int, parts: bool = False) -> dict[str, Any]:
     sys.path.insert(0, str(tree))
     import cv2
 
@@ -92,6 +104,13 @@ def measure(tree: Path, batch: int, frames: int, repeats: int) -> dict[str, Any]
         module = sys.modules.get(name)
         if module is not None and hasattr(module, "cv2"):
             module.cv2 = _TimedCv2(cv2, clock)
+
+    if parts:  # (a part's ONNX Runtime or OpenCV calls count in it too; the ORT total is taken out below)
+        for what, module_name, owner, name in PARTS:
+            module = sys.modules.get(module_name)
+            target = getattr(module, owner, None) if owner else module
+            if target is not None and hasattr(target, name):
+                setattr(target, name, clock.wrap(what, getattr(target, name)))
 
     # The frames as the capture threads hand them over: newer commits scale each for the detector
     # right after decoding it (timed: it moved there from the inference stage), older ones do not.
@@ -115,7 +134,7 @@ def measure(tree: Path, batch: int, frames: int, repeats: int) -> dict[str, Any]
     def run_all() -> dict[str, float]:
         trackers = [IouTracker(tracking.iou_threshold, tracking.max_missed_frames, tracking.smoothing_alpha)
                     for _ in range(batch)]
-        clock.spent = {"ort": 0.0, "opencv": 0.0}
+        clock.spent = {"ort": 0.0, "opencv": 0.0} | {what: 0.0 for what, *_ in PARTS if parts}
         t0 = time.thread_time()
         for start in range(0, len(made) - batch + 1, batch):
             stage.infer_batch(made[start:start + batch], models.detector, models.classifier,
@@ -124,8 +143,9 @@ def measure(tree: Path, batch: int, frames: int, repeats: int) -> dict[str, Any]
         n = len(made) // batch * batch
         outside = (total - clock.spent["ort"]) * 1000 / n
         opencv = clock.spent["opencv"] * 1000 / n
+        steps = {what: spent * 1000 / n for what, spent in clock.spent.items() if what not in ("ort", "opencv")}
         return {"outside_ort": outside, "opencv": opencv, "python": outside - opencv,
-                "total": total * 1000 / n}
+                "total": total * 1000 / n} | steps
 
     run_all()  # warm-up
     runs = [run_all() for _ in range(repeats)]
@@ -141,16 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=240, help="frames per run (default 240)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs; medians are printed (default 7)")
     parser.add_argument("--tree", type=Path, default=REPO, help="the checkout to measure (default: this one)")
+    parser.add_argument("--parts", action="store_true", help="also time the stage's steps in place (see above)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     tree = args.tree.resolve()
     load0 = os.getloadavg()[0]
-    result = measure(tree, args.batch, args.frames, args.repeats)
+    result = measure(tree, args.batch, args.frames, args.repeats, args.parts)
     print(f"{tree}: batch {args.batch}, {args.frames} frames x {args.repeats}, load {load0:.1f} -> "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; CPU ms per frame (medians): "
           f"outside ORT {result['outside_ort']:.3f} = OpenCV {result['opencv']:.3f} + Python {result['python']:.3f}; "
           f"with ORT {result['total']:.3f}; on the capture threads: prescale {result['prescale']:.3f} "
           f"(outside ORT with it: {result['outside_ort_with_prescale']:.3f})")
+    if args.parts:
+        steps = {what: result[what] for what, *_ in PARTS if what in result}
+        print("  in place: " + ", ".join(f"{what} {ms:.3f}" for what, ms in steps.items())
+              + f", the rest {result['outside_ort'] - sum(steps.values()):.3f}")
     if args.json:
         args.json.write_text(json.dumps({"tree": str(tree), "batch": args.batch, **result}, indent=2))
     return 0
