@@ -166,7 +166,10 @@ class EmotionClassifier:
         Raises:
             ModelError: Missing or corrupt file, no contract, or a contract that does not fit.
         """
-        session = create_session(path, providers, threads, what="classifier", provider_opts=provider_opts)
+        # With uint8 input the contract is read first from a plain CPU session (tens of ms), so the
+        # GPU session, the costly one, is built once: with the normalisation the contract gives.
+        session = create_session(path, ("cpu",) if uint8_input else providers, threads, what="classifier",
+                                 provider_opts=provider_opts)
         meta = session.get_modelmeta().custom_metadata_map
         contract = ModelContract.from_metadata(meta, origin=f"classifier model '{path}'")
         if uint8_input:  # now that the contract says how to normalise: into the graph
