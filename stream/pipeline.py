@@ -113,8 +113,9 @@ def load_models(config: Config) -> Models:
     opts: dict[str, dict[str, str]] = {"cuda": {"cudnn_conv_algo_search": rt.cudnn_conv_algo_search},
             "tensorrt": {"trt_fp16_enable": str(rt.tensorrt_fp16), "trt_engine_cache_enable": "True",
                          "trt_engine_cache_path": str(rt.tensorrt_cache_dir.expanduser())}}
-    # The same bits either way. On a CPU, auto leaves it off: rewriting the graphs imports the onnx
-    # package, +0.6 s at every start, for 0.02 ms less Python per frame (benchmarks/RESULTS.md).
+    # The same bits either way. On a CPU, auto leaves it off: rewriting the classifier's graph (the
+    # shipped detectors take uint8 already) imports the onnx package, +0.6 s at every start, to
+    # skip normalising a few 48x48 crops per batch (benchmarks/RESULTS.md).
     uint8 = rt.uint8_input == "on" or (rt.uint8_input == "auto" and gpu)
     det = config.detector
     detector = FaceDetector.from_path(det.model, rt.providers, rt.intra_op_threads, det.score_threshold, det.nms_iou,
