@@ -28,28 +28,32 @@ from onnx import numpy_helper
 
 
 def seven_bit(model: onnx.ModelProto) -> int:
-    """Rewrite ``model``'s int8 weights (and int32 biases) in place; returns how many were rewritten."""
+    """Rewrite ``model``'s int8 weights and int32 biases in place; returns how many were rewritten
+    (0 for a model whose int8 weights are all 7-bit already: running it twice changes nothing)."""
     inits = {t.name: t for t in model.graph.initializer}
-    changed = 0
+    targets = []  # (value name, scale name, values)
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or node.input[0] not in inits or node.input[1] not in inits:
             continue
         values = numpy_helper.to_array(inits[node.input[0]])
-        if values.dtype == np.int8:
-            if values.min() >= -64 and values.max() <= 63:
-                continue  # already 7-bit
-            new = np.clip(np.round(values.astype(np.float32) / 2), -64, 63).astype(np.int8)
-        elif values.dtype == np.int32:
-            new = np.round(values.astype(np.float64) / 2).astype(np.int32)
-        else:
+        if values.dtype not in (np.int8, np.int32):
             continue
         if len(node.input) > 2 and node.input[2] in inits and numpy_helper.to_array(inits[node.input[2]]).any():
-            raise ValueError(f"{node.name}: non-zero weight zero point (not symmetric int8 weights)")
-        scale = numpy_helper.to_array(inits[node.input[1]])
-        inits[node.input[0]].CopyFrom(numpy_helper.from_array(new, node.input[0]))
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array((scale * 2).astype(scale.dtype), node.input[1]))
-        changed += 1
-    return changed
+            raise ValueError(f"{node.name}: non-zero zero point (not symmetric int8 weights)")
+        targets.append((node.input[0], node.input[1], values))
+    weights = [v for _, _, v in targets if v.dtype == np.int8]
+    if not weights or all(v.min() >= -64 and v.max() <= 63 for v in weights):
+        return 0
+    scales = [scale for _, scale, _ in targets]
+    if len(set(scales)) != len(scales) or len({name for name, _, _ in targets}) != len(targets):
+        raise ValueError("a weight or scale initializer is shared between DequantizeLinear nodes")
+    for name, scale_name, values in targets:
+        halved = np.round(values.astype(np.float64) / 2)
+        new = np.clip(halved, -64, 63).astype(np.int8) if values.dtype == np.int8 else halved.astype(np.int32)
+        scale = numpy_helper.to_array(inits[scale_name])
+        inits[name].CopyFrom(numpy_helper.from_array(new, name))
+        inits[scale_name].CopyFrom(numpy_helper.from_array((scale * 2).astype(scale.dtype), scale_name))
+    return len(targets)
 
 
 def main(argv: list[str]) -> int:

@@ -8,6 +8,9 @@ there (``models/README.md``). The shipped files have 7-bit weights (``models/sev
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import cv2
 import numpy as np
 import onnx
@@ -71,3 +74,33 @@ def test_int8_kernels_agree_with_the_float_graph(name: str, clip_faces: tuple) -
     fused, reference = probs
     assert float(np.abs(fused - reference).max()) <= 0.05
     assert (fused.argmax(axis=1) == reference.argmax(axis=1)).all()
+
+
+def test_seven_bit_halves_weights_biases_and_scales_together_once() -> None:
+    """models/seven_bit.py on a full-range copy of the default (every int8 weight and int32 bias
+    doubled, its scale halved: the same values) gives back the shipped file's tensors exactly;
+    on a 7-bit file it changes nothing."""
+    spec = importlib.util.spec_from_file_location("seven_bit", Path(__file__).parents[1] / "models" / "seven_bit.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = onnx.load(str(MODELS_DIR / "emotion_ferplus_resnet.onnx"))
+    again = onnx.ModelProto()
+    again.CopyFrom(shipped)
+    assert module.seven_bit(again) == 0
+    full = onnx.ModelProto()
+    full.CopyFrom(shipped)
+    inits = {t.name: t for t in full.graph.initializer}
+    doubled = 0
+    for node in full.graph.node:
+        values = numpy_helper.to_array(inits[node.input[0]]) if node.input[0] in inits else None
+        if node.op_type == "DequantizeLinear" and values is not None and values.dtype in (np.int8, np.int32):
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            wide = np.clip(values.astype(np.int64) * 2, -128, 127) if values.dtype == np.int8 else values * 2
+            inits[node.input[0]].CopyFrom(numpy_helper.from_array(wide.astype(values.dtype), node.input[0]))
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(scale / 2, node.input[1]))
+            doubled += 1
+    assert module.seven_bit(full) == doubled > 0
+    want = {t.name: numpy_helper.to_array(t) for t in shipped.graph.initializer}
+    for t in full.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(t), want[t.name])
