@@ -148,8 +148,10 @@ def test_rtsp_run_continues_after_the_camera_comes_back(camera: RtspServer, tmp_
     times = [e["t"] for e in events]
     jumps = [(a, b) for a, b in itertools.pairwise(times) if b - a > 0.3]
     assert len(jumps) == 1, f"expected one gap in the event log, got {jumps}"
-    marked = [e for e in events if "gap_s" in e]
-    assert len(marked) == 1 and marked[0]["t"] == jumps[0][1]  # the first frame after the outage says so
+    # The first frame after the outage says so. (On a loaded machine the first connection can fail
+    # too, while the server starts: then the very first frame carries that wait, rightly.)
+    marked = [e for e in events[1:] if "gap_s" in e]
+    assert len(marked) == 1 and marked[0]["t"] == jumps[0][1]
     assert marked[0]["gap_s"] > 0.3
     after = [t for t in times if t > jumps[0][1] - 1e-9]
     assert len(after) >= 10, "frames resumed after the gap"

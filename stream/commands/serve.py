@@ -191,12 +191,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}/"
-        say(f"emostream serve: dashboard on {url} ({len(specs)} source{'s' if len(specs) > 1 else ''}); "
-            f"Ctrl-C stops it")
+        # The token first: "dashboard on" is the line that says it is ready (scripts wait for it).
         if token is not None and not token_from_env:
             say(f"emostream serve: token (printed once): {token}  ->  {url}?token={token}")
         elif token is not None:
             say(f"emostream serve: token from ${TOKEN_ENV}: open {url}?token=...")
+        say(f"emostream serve: dashboard on {url} ({len(specs)} source{'s' if len(specs) > 1 else ''}); "
+            f"Ctrl-C stops it")
         try:
             with SighupReload(control):
                 server.run(sockets=[sock])
