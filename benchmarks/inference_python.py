@@ -105,7 +105,7 @@ def measure(tree: Path, batch: int, frames: int, repeats: int, parts: bool = Fal
         if module is not None and hasattr(module, "cv2"):
             module.cv2 = _TimedCv2(cv2, clock)
 
-    if parts:  # (a part's ONNX Runtime or OpenCV calls count in it too; the ORT total is taken out below)
+    if parts:  # (a part's OpenCV calls count in it too; none of them calls ONNX Runtime)
         for what, module_name, owner, name in PARTS:
             module = sys.modules.get(module_name)
             target = getattr(module, owner, None) if owner else module

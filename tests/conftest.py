@@ -32,6 +32,19 @@ def ffmpeg(*args: str) -> None:
     subprocess.run([exe, "-v", "error", "-y", *args], check=True)
 
 
+def read_frames(path: Path, limit: int | None = None) -> list[np.ndarray]:
+    """A video's frames, BGR, from the start: all of them, or the first ``limit``."""
+    cap = cv2.VideoCapture(str(path))
+    frames: list[np.ndarray] = []
+    while limit is None or len(frames) < limit:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
 @pytest.fixture(scope="session")
 def carphone() -> Path:
     """The original 176x144, 120-frame clip with one face in every frame."""

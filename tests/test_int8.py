@@ -9,9 +9,7 @@ there (``models/README.md``). The shipped files have 7-bit weights (``models/sev
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -21,6 +19,7 @@ from onnx import numpy_helper
 from stream.config import MODELS_DIR, SAMPLE_CLIP
 from stream.contract import ModelContract
 from stream.infer import FaceDetector, crop_faces
+from tests.conftest import REPO, read_frames
 
 INT8 = sorted(p.name for p in MODELS_DIR.glob("emotion_*.onnx")
               if any(n.op_type == "DequantizeLinear" for n in onnx.load(str(p)).graph.node))
@@ -43,13 +42,7 @@ def test_int8_weights_are_seven_bit(name: str) -> None:
 @pytest.fixture(scope="module")
 def clip_faces() -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """The bundled clip's frames and each frame's face boxes (one face, 120 frames)."""
-    cap = cv2.VideoCapture(str(SAMPLE_CLIP))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
+    frames = read_frames(SAMPLE_CLIP)
     detector = FaceDetector.from_path(MODELS_DIR / "blazeface_short_range.onnx")
     return frames, [[d.box_xyxy for d in found] for found in detector.detect(frames)]
 
@@ -80,7 +73,7 @@ def test_seven_bit_halves_weights_biases_and_scales_together_once() -> None:
     """models/seven_bit.py on a full-range copy of the default (every int8 weight and int32 bias
     doubled, its scale halved: the same values) gives back the shipped file's tensors exactly;
     on a 7-bit file it changes nothing."""
-    spec = importlib.util.spec_from_file_location("seven_bit", Path(__file__).parents[1] / "models" / "seven_bit.py")
+    spec = importlib.util.spec_from_file_location("seven_bit", REPO / "models" / "seven_bit.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

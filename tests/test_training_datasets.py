@@ -16,6 +16,7 @@ import pytest
 from stream.config import MODELS_DIR
 from stream.contract import FER2013_LABELS
 from stream.errors import DataError
+from tests.conftest import read_frames
 from tests.training_data import make_images
 from training.datasets import (
     CropSettings,
@@ -62,13 +63,8 @@ def crops_set(root: Path, n: int = 12) -> Path:
 
 
 def clip_frames(n: int) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(CLIP))
-    frames = []
-    while len(frames) < n:
-        ok, frame = cap.read()
-        assert ok
-        frames.append(frame)
-    cap.release()
+    frames = read_frames(CLIP, n)
+    assert len(frames) == n
     return frames
 
 

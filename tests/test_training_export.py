@@ -21,6 +21,7 @@ from stream.contract import CONTRACT_KEY, FER2013_LABELS, ModelContract
 from stream.errors import ConfigError, ModelError
 from stream.infer.classify import CropSpec, EmotionClassifier, crop_faces
 from stream.infer.detect import FaceDetector
+from tests.conftest import read_frames
 from training.cli import parse_normalize, register
 from training.export import contract_for_keras, export_keras, read_contract
 from training.model import build_model
@@ -42,14 +43,7 @@ def _fer_hdf5() -> Path:
 @pytest.fixture(scope="module")
 def face_frames() -> list[np.ndarray]:
     """Frames of the bundled real clip and the face boxes the stream's detector finds in them."""
-    cap = cv2.VideoCapture(str(CLIP))
-    frames = []
-    while len(frames) < 40:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = read_frames(CLIP, 40)
     assert frames, f"could not read {CLIP}"
     return frames
 

@@ -475,9 +475,9 @@ def train(
     )
     data = dataset.converted(contract.input_size_wh, contract.color)
     train_split, val_split, test_split = data.splits["train"], data.splits["val"], data.splits["test"]
-    if config.neutral_weight != 1.0:  # training targets only: validation and test are scored as labelled
-        train_split = dataclasses.replace(train_split, targets=neutral_weighted(train_split.targets, data.labels,
-                                                                                config.neutral_weight))
+    # Training targets only: validation and test are scored as labelled.
+    train_split = dataclasses.replace(train_split, targets=neutral_weighted(train_split.targets, data.labels,
+                                                                            config.neutral_weight))
     n_labels = len(data.labels)
     steps = math.ceil(len(train_split) / config.batch_size)
     momentum = auto_bn_momentum(steps) if config.bn_momentum == "auto" else float(config.bn_momentum)

@@ -141,9 +141,8 @@ class _Net:
         self.buckets = buckets
         self.size = int(shape[1])
         self.anchors = blazeface_anchors(self.size)
-        self.anchors_px = self.anchors * self.size
         # Added to an anchor's 8 raw points (centre, size, six keypoints): all but the size are offsets.
-        self.point_shift = (self.anchors_px[:, None, :] * _NOT_SIZE).astype(np.float32)
+        self.point_shift = (self.anchors[:, None, :] * self.size * _NOT_SIZE).astype(np.float32)
         self.input_name = inputs[0].name
         self.uint8_input = inputs[0].type == "tensor(uint8)"
 
